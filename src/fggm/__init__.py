@@ -1,0 +1,1 @@
+"""FGGM: formal grey-box attack on DRL MU-MIMO schedulers."""

@@ -1,0 +1,1 @@
+"""SGM: safety glasses for vision-language models."""
