@@ -1,0 +1,208 @@
+"""``sgm``: the command line of the safety glasses (a thin layer over the Python API)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="SGM safety glasses: find toxic expert neurons in a VLM's language tower and dampen them.")
+console = Console()
+
+
+def cli_errors(fn: Callable) -> Callable:
+    """Turn expected failures into one line on stderr and exit code 2 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except (ValueError, FileNotFoundError, KeyError, OSError, RuntimeError, ImportError) as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            print(f"error: {msg}", file=sys.stderr, flush=True)
+            raise typer.Exit(2)
+
+    return wrapper
+
+
+def _load(model: str, dtype: Optional[str], device_map: Optional[str]):
+    from .models import load_vlm
+
+    with console.status(f"loading {model}"):
+        return load_vlm(model, dtype=dtype, device_map=device_map)
+
+
+@app.command()
+@cli_errors
+def fit(model: str = typer.Option(..., help="Model folder or hub id."),
+        concepts: Path = typer.Option(..., help="Concept rows (.jsonl or .csv)."),
+        out: Path = typer.Option(..., help="Folder to write the glasses to."),
+        units: str = typer.Option("act", help="Unit kind: act | gate | up | down."),
+        pooling: str = typer.Option("mean", help="Pooling over tokens: mean | max | last."),
+        positions: str = typer.Option("all", help="Token mask: all | text | image | response | prompt."),
+        strategy: str = typer.Option("aura", help="aura | damp | det0 | random."),
+        threshold: float = typer.Option(0.5, help="AUROC above which a unit is an expert (aura)."),
+        top_k: Optional[int] = typer.Option(None, "--top-k", help="Global top-k units (damp, det0; caps aura)."),
+        damp_alpha: float = typer.Option(0.5, help="Constant alpha of the damp strategy."),
+        layers: Optional[str] = typer.Option(None, help="Decoder layers, e.g. '8-31', '16:', '0,2,5' (default all)."),
+        batch_size: int = typer.Option(8, help="Concept rows per forward pass."),
+        dtype: Optional[str] = typer.Option(None, help="float32 | bfloat16 | float16 | auto."),
+        device_map: Optional[str] = typer.Option(None, help="e.g. auto (needs accelerate)."),
+        record_dir: Optional[Path] = typer.Option(None, help="Keep the recording here (a killed run resumes)."),
+        seed: int = typer.Option(0, help="Seed of the random control."),
+        ) -> None:
+    """Fit glasses: record the language tower's MLP units on concept rows, score them by AUROC, save."""
+    from .concepts import ConceptSet
+    from .fitting import fit_glasses
+
+    cs = ConceptSet.load(concepts)  # validated before the model is loaded
+    m, proc = _load(model, dtype, device_map)
+    glasses = fit_glasses(m, proc, cs, units=units, pooling=pooling, positions=positions, strategy=strategy,
+                          threshold=threshold, top_k=top_k, layers=layers, batch_size=batch_size,
+                          damp_alpha=damp_alpha, seed=seed, record_dir=record_dir)
+    glasses.save_pretrained(out)
+    _print_summary(glasses, title=f"glasses saved to {out}")
+
+
+def _common_prefix(rows: list[dict[str, Any]]) -> str:
+    """The module path before the layer index, e.g. 'model.language_model.layers'."""
+    if not rows:
+        return ""
+    head = rows[0]["module"].split(f".{rows[0]['layer']}.", 1)[0]
+    return f"modules: {head}.<layer>.<module>"
+
+
+def _print_summary(glasses: Any, title: str) -> None:
+    rows = glasses.summary()
+    t = Table(title=title, caption=_common_prefix(rows))
+    for col in ("layer", "module", "units", "experts", "min alpha", "mean alpha", "max AUROC"):
+        t.add_column(col, justify="left" if col == "module" else "right")
+    for r in rows:
+        t.add_row(str(r["layer"]), r["module"].split(f".{r['layer']}.", 1)[-1], str(r["units"]), str(r["experts"]), f"{r['min_alpha']:.3f}",
+                  f"{r['mean_alpha']:.3f}", "-" if r["max_auroc"] is None else f"{r['max_auroc']:.3f}")
+    console.print(t)
+    total = sum(r["units"] for r in rows)
+    console.print(f"strategy={glasses.config.strategy} experts={glasses.n_experts}/{total} "
+                  f"({100.0 * glasses.n_experts / max(total, 1):.2f}%)")
+
+
+@app.command()
+@cli_errors
+def inspect(directory: Path = typer.Argument(..., help="A glasses folder."),
+            png: Optional[Path] = typer.Option(None, help="Where to write the AUROC plot "
+                                                          "(default DIR/auroc_by_layer.png)."),
+            ) -> None:
+    """Table of experts per layer and a PNG of the AUROC distribution per layer."""
+    from .glasses import Glasses
+    from .plots import plot_auroc_by_layer
+
+    glasses = Glasses.from_pretrained(directory)
+    _print_summary(glasses, title=str(directory))
+    if glasses.aurocs:
+        path = plot_auroc_by_layer(glasses, png or directory / "auroc_by_layer.png")
+        console.print(f"wrote {path}")
+
+
+@app.command()
+@cli_errors
+def generate(model: str = typer.Option(..., help="Model folder or hub id."),
+             prompt: str = typer.Option(..., help="The user's text."),
+             image: list[Path] = typer.Option([], help="Image file(s); repeat for several."),
+             glasses: Optional[Path] = typer.Option(None, help="Glasses folder to wear."),
+             compare: bool = typer.Option(False, help="Print the reply with and without glasses side by side."),
+             max_new_tokens: int = typer.Option(64),
+             sample: bool = typer.Option(False, help="Sample instead of greedy decoding."),
+             temperature: float = typer.Option(1.0),
+             seed: int = typer.Option(0),
+             positions: str = typer.Option("all", help="Where the glasses act: all | prompt | generated."),
+             dtype: Optional[str] = typer.Option(None),
+             device_map: Optional[str] = typer.Option(None),
+             ) -> None:
+    """Generate a reply to an image + prompt, optionally wearing glasses."""
+    from PIL import Image
+
+    from .generation import generate_texts
+    from .glasses import Glasses
+
+    if compare and glasses is None:
+        raise ValueError("--compare needs --glasses")
+    for p in image:
+        if not p.is_file():
+            raise FileNotFoundError(f"image not found: {p}")
+    imgs = [Image.open(p).convert("RGB") for p in image]
+    g = Glasses.from_pretrained(glasses) if glasses is not None else None
+    m, proc = _load(model, dtype, device_map)
+    kw = dict(max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature, seed=seed)
+    plain = generate_texts(m, proc, [prompt], [imgs], **kw)[0] if (g is None or compare) else None
+    worn = None
+    if g is not None:
+        with g.apply(m, positions=positions):
+            worn = generate_texts(m, proc, [prompt], [imgs], **kw)[0]
+    if compare:
+        t = Table(show_lines=True)
+        t.add_column("without glasses")
+        t.add_column("with glasses")
+        t.add_row(plain, worn)
+        console.print(t)
+    else:
+        console.print(worn if worn is not None else plain, markup=False, highlight=False)
+
+
+@app.command()
+@cli_errors
+def export(model: str = typer.Option(..., help="Model folder or hub id."),
+           glasses: Path = typer.Option(..., help="Glasses folder."),
+           out: Path = typer.Option(..., help="Output folder."),
+           format: str = typer.Option("merged", "--format", help="merged | peft-ia3."),
+           dtype: Optional[str] = typer.Option(None),
+           ) -> None:
+    """Export glasses as a merged checkpoint (plain transformers / vLLM) or a PEFT IA3 adapter."""
+    from .export import EXPORT_FORMATS, export_merged, export_peft_ia3
+    from .glasses import Glasses
+
+    if format not in EXPORT_FORMATS:
+        raise ValueError(f"--format must be one of {EXPORT_FORMATS}, got {format!r}")
+    g = Glasses.from_pretrained(glasses)
+    m, proc = _load(model, dtype, None)
+    g.check_compatible(m)
+    path = export_merged(m, proc, g, out) if format == "merged" else export_peft_ia3(m, g, out)
+    console.print(f"wrote {format} export to {path} ({g.n_experts} experts)")
+
+
+def _register_optional() -> None:
+    """Commands of the organism and evaluation subpackages."""
+    try:
+        from .organism.cli import demo_command, organism_app
+    except ImportError:
+        pass
+    else:
+        app.add_typer(organism_app, name="organism")
+        app.command("demo")(demo_command)
+    try:
+        from .eval.cli import compare_command, eval_command
+    except ImportError:
+        pass
+    else:
+        app.command("eval")(eval_command)
+        app.command("compare")(compare_command)
+
+
+_register_optional()
+
+
+def main() -> None:
+    """Console entry point of ``sgm``."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

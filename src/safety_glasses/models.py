@@ -1,0 +1,644 @@
+"""Load a vision-language model (or a plain causal LM) and resolve the MLP units of its language decoder.
+
+A *unit site* is one module whose input or output last dimension holds the units of one decoder layer:
+
+* ``act``  -- the input of ``down_proj`` (``act_fn(gate_proj(x)) * up_proj(x)``, the neuron proper);
+* ``gate`` / ``up`` / ``down`` -- the outputs of ``gate_proj`` / ``up_proj`` / ``down_proj``.
+
+GPT-2 style MLPs (``c_fc`` -> act -> ``c_proj``, Conv1D) map ``act`` to the input of ``c_proj``, ``up`` to
+the output of ``c_fc`` and ``down`` to the output of ``c_proj``; they have no ``gate``. OPT/Phi style MLPs
+(``fc1`` -> act -> ``fc2``) map the same way. Only the language tower is ever selected.
+
+Example:
+    >>> from safety_glasses.testing import tiny_vlm
+    >>> model, _ = tiny_vlm("llava")
+    >>> [s.module_name for s in resolve_units(model, "act")]
+    ['model.language_model.layers.0.mlp.down_proj', 'model.language_model.layers.1.mlp.down_proj']
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+__all__ = [
+    "ModelLoadError",
+    "UnitResolutionError",
+    "UnitSite",
+    "UNIT_KINDS",
+    "load_vlm",
+    "load_processor",
+    "decoder_layers",
+    "parse_layers",
+    "resolve_units",
+    "fold_site",
+    "model_fingerprint",
+    "model_identity",
+]
+
+UnitKind = Literal["act", "gate", "up", "down"]
+UNIT_KINDS: tuple[str, ...] = ("act", "gate", "up", "down")
+
+
+class ModelLoadError(ValueError):
+    """A model or its processor could not be loaded; the message names everything that was tried."""
+
+
+class UnitResolutionError(ValueError):
+    """The decoder MLP units could not be found, or a selector matched nothing."""
+
+
+@dataclass(frozen=True)
+class UnitSite:
+    """One module whose input (``where="input"``) or output (``"output"``) last dim holds ``size`` units.
+
+    ``"input"`` sites are scaled with a forward pre-hook on the first positional input; ``"output"`` sites
+    with a forward hook on the output.
+
+    Example:
+        >>> UnitSite("model.layers.0.mlp.down_proj", 0, "act", 64, "input").where
+        'input'
+    """
+
+    module_name: str
+    layer: int
+    kind: UnitKind
+    size: int
+    where: Literal["input", "output"]
+
+    def __post_init__(self) -> None:
+        if self.kind not in UNIT_KINDS:
+            raise ValueError(f"unit kind must be one of {UNIT_KINDS}, got {self.kind!r}")
+        if self.where not in ("input", "output"):
+            raise ValueError(f"where must be 'input' or 'output', got {self.where!r}")
+        if self.size <= 0 or self.layer < 0:
+            raise ValueError(f"size must be positive and layer non-negative, got {self.size}, {self.layer}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# loading
+# ----------------------------------------------------------------------------------------------------------
+
+_DTYPES: dict[str, torch.dtype | str] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "auto": "auto",
+}
+
+_AUTO_MODEL_CLASSES = ("AutoModelForImageTextToText", "AutoModelForVision2Seq", "AutoModelForCausalLM")
+
+
+def _parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    key = str(dtype).lower().removeprefix("torch.")
+    if key not in _DTYPES:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use one of float32, bfloat16, float16, auto")
+    return _DTYPES[key]
+
+
+def _short(exc: BaseException, limit: int = 160) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
+
+
+def load_vlm(
+    path_or_id: str | Path,
+    dtype: str | torch.dtype | None = None,
+    device_map: str | dict[str, Any] | None = None,
+) -> tuple[Any, Any]:
+    """Load a model and its processor from a local folder or a hub id through transformers' Auto classes.
+
+    Tries ``AutoModelForImageTextToText``, ``AutoModelForVision2Seq`` (when this transformers has it) and
+    ``AutoModelForCausalLM`` in that order; the processor comes from :func:`load_processor`. ``dtype`` is
+    ``"float32"``, ``"bfloat16"``, ``"float16"``, ``"auto"``, a ``torch.dtype`` or None (transformers'
+    default). The model is returned in eval mode. Raises :class:`ModelLoadError` naming what was tried.
+
+    Example:
+        >>> model, processor = load_vlm("llava-hf/llava-1.5-7b-hf", dtype="bfloat16")  # doctest: +SKIP
+    """
+    import transformers
+    from transformers import AutoConfig
+
+    source = str(path_or_id)
+    torch_dtype = _parse_dtype(dtype)
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except Exception as exc:  # noqa: BLE001 - re-raised as one clear error
+        raise ModelLoadError(f"cannot read a model config from {source!r}: {_short(exc)}") from exc
+    tried: list[str] = []
+    model = None
+    kwargs: dict[str, Any] = {}
+    if torch_dtype is not None:
+        kwargs["dtype"] = torch_dtype
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    for name in _AUTO_MODEL_CLASSES:
+        auto_cls = getattr(transformers, name, None)
+        if auto_cls is None:
+            tried.append(f"{name} (not in transformers {transformers.__version__})")
+            continue
+        if type(config) not in auto_cls._model_mapping:
+            tried.append(f"{name} (no mapping for {type(config).__name__})")
+            continue
+        try:
+            model = auto_cls.from_pretrained(source, **kwargs)
+            break
+        except Exception as exc:  # noqa: BLE001 - collected and reported together
+            tried.append(f"{name} ({_short(exc)})")
+    if model is None:
+        raise ModelLoadError(f"cannot load a model from {source!r}; tried: " + "; ".join(tried))
+    model.eval()
+    return model, load_processor(source, config)
+
+
+def load_processor(path_or_id: str | Path, config: Any | None = None) -> Any:
+    """Load the processor of a model folder or hub id, degrading gracefully when parts are unavailable.
+
+    Order: ``AutoProcessor``; else the model's own processor class rebuilt from ``AutoTokenizer`` +
+    ``AutoImageProcessor`` with unavailable optional parts (e.g. a video processor that needs torchvision)
+    left out; else a bare tokenizer when no image processor exists (text-only models). Raises
+    :class:`ModelLoadError` naming what was tried.
+
+    Example:
+        >>> processor = load_processor("Qwen/Qwen2-VL-2B-Instruct")  # doctest: +SKIP
+    """
+    from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
+
+    source = str(path_or_id)
+    tried: list[str] = []
+    try:
+        return AutoProcessor.from_pretrained(source)
+    except Exception as exc:  # noqa: BLE001
+        tried.append(f"AutoProcessor ({_short(exc)})")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except Exception as exc:  # noqa: BLE001
+        tried.append(f"AutoTokenizer ({_short(exc)})")
+        raise ModelLoadError(f"cannot load a processor from {source!r}; tried: " + "; ".join(tried)) from exc
+    try:
+        image_processor = AutoImageProcessor.from_pretrained(source)
+    except Exception as exc:  # noqa: BLE001
+        tried.append(f"AutoImageProcessor ({_short(exc)})")
+        return tokenizer
+    cls_name, init_kwargs = _processor_class_and_kwargs(source, config)
+    if cls_name is not None:
+        try:
+            return build_processor(cls_name, tokenizer, image_processor, **init_kwargs)
+        except Exception as exc:  # noqa: BLE001
+            tried.append(f"{cls_name} without optional parts ({_short(exc)})")
+    raise ModelLoadError(
+        f"cannot build a processor for {source!r}: found a tokenizer and an image processor but no processor "
+        "class that accepts them; tried: " + "; ".join(tried)
+    )
+
+
+def _processor_class_and_kwargs(source: str, config: Any | None) -> tuple[str | None, dict[str, Any]]:
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+
+    kwargs: dict[str, Any] = {}
+    cls_name: str | None = None
+    folder = Path(source)
+    for fname in ("processor_config.json", "preprocessor_config.json"):
+        path = folder / fname
+        if path.is_file():
+            data = json.loads(path.read_text())
+            cls_name = cls_name or data.get("processor_class")
+            if fname == "processor_config.json":
+                kwargs = {k: v for k, v in data.items() if k != "processor_class" and not isinstance(v, dict)}
+    if cls_name is None and config is not None:
+        cls_name = PROCESSOR_MAPPING_NAMES.get(getattr(config, "model_type", ""), None)
+    return cls_name, kwargs
+
+
+def build_processor(processor_cls: str | type, tokenizer: Any, image_processor: Any, **kwargs: Any) -> Any:
+    """Build a multimodal processor from a tokenizer and an image processor, leaving other parts out.
+
+    Some processors declare a video processor that needs torchvision even for image-only use (Qwen2-VL,
+    Qwen2.5-VL). This builds the processor class with every part other than the tokenizer and the image
+    processor set to None; the processor then handles text and images exactly as the original does.
+    The chat template is the tokenizer's unless ``chat_template`` is passed.
+
+    Example:
+        >>> proc = build_processor("Qwen2VLProcessor", tokenizer, image_processor)  # doctest: +SKIP
+    """
+    import transformers
+
+    cls = getattr(transformers, processor_cls) if isinstance(processor_cls, str) else processor_cls
+
+    class _WithoutOptionalParts(cls):  # type: ignore[misc, valid-type]
+        # While constructing, every declared part is expected (None allowed); afterwards only the parts
+        # present count, so that saving, printing and calling skip the missing ones.
+        _present: list[str] | None = None
+
+        @classmethod
+        def get_attributes(klass) -> list[str]:
+            names = list(super().get_attributes())
+            return names if klass._present is None else [n for n in names if n in klass._present]
+
+        def check_argument_for_proper_class(self, argument_name: str, argument: Any) -> Any:
+            if argument is None:
+                return None
+            return super().check_argument_for_proper_class(argument_name, argument)
+
+    _WithoutOptionalParts.__name__ = cls.__name__
+    _WithoutOptionalParts.__qualname__ = cls.__qualname__
+    parts = {name: None for name in cls.get_attributes()}
+    parts["tokenizer"] = tokenizer
+    if "image_processor" in parts:
+        parts["image_processor"] = image_processor
+    kwargs.setdefault("chat_template", getattr(tokenizer, "chat_template", None))
+    named = {
+        n for n, p in inspect.signature(cls.__init__).parameters.items() if p.kind is p.POSITIONAL_OR_KEYWORD
+    }
+    extra = {k: v for k, v in kwargs.items() if (k in named or k == "chat_template") and k not in parts}
+    processor = _WithoutOptionalParts(**parts, **extra)
+    _WithoutOptionalParts._present = [n for n, v in parts.items() if v is not None]
+    for name, value in parts.items():
+        if value is None and name in vars(processor):
+            delattr(processor, name)
+    return processor
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the language decoder and its layers
+# ----------------------------------------------------------------------------------------------------------
+
+_VISION_NAMES = ("vision_tower", "vision_model", "visual", "vision_encoder", "image_encoder", "vision")
+_VISION_CLASS = re.compile(r"Vision(Model|Transformer|Tower|Encoder)|VisionTransformer|ViT")
+_DECODER_CANDIDATES = (
+    "model.language_model",
+    "language_model",
+    "model.text_model",
+    "text_model",
+    "model.decoder",
+    "model",
+    "transformer",
+    "gpt_neox",
+    "decoder",
+)
+_LAYER_ATTRS = ("layers", "h", "layer", "blocks")
+_MLP_ATTRS = ("mlp", "feed_forward", "ffn")
+_DOWN_NAMES = ("down_proj", "c_proj", "fc2", "w2", "dense_4h_to_h")
+_GATE_NAMES = ("gate_proj", "w1")
+_UP_NAMES = ("up_proj", "c_fc", "fc1", "w3", "dense_h_to_4h")
+
+
+def _vision_paths(model: nn.Module) -> list[str]:
+    paths = []
+    for name, module in model.named_modules():
+        last = name.rsplit(".", 1)[-1]
+        if name and (last in _VISION_NAMES or _VISION_CLASS.search(type(module).__name__)):
+            paths.append(name)
+    return paths
+
+
+def _inside(path: str, prefixes: Sequence[str]) -> bool:
+    return any(path == p or path.startswith(p + ".") for p in prefixes)
+
+
+def _path_of(model: nn.Module, target: nn.Module) -> str | None:
+    for name, module in model.named_modules():
+        if module is target:
+            return name
+    return None
+
+
+def _layers_of(module: nn.Module) -> tuple[str, nn.ModuleList] | None:
+    for attr in _LAYER_ATTRS:
+        layers = getattr(module, attr, None)
+        if isinstance(layers, nn.ModuleList) and len(layers) > 0:
+            return attr, layers
+    return None
+
+
+def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The language tower's decoder layers and the module path of their ``ModuleList``.
+
+    Uses ``model.get_decoder()`` when available (its path is found by identity in ``named_modules()``),
+    then a list of known attribute paths. Layers inside a vision tower are never returned.
+
+    Example:
+        >>> from safety_glasses.testing import tiny_vlm
+        >>> prefix, layers = decoder_layers(tiny_vlm("qwen2_vl")[0])
+        >>> prefix, len(layers)
+        ('model.language_model.layers', 2)
+    """
+    vision = _vision_paths(model)
+    tried: list[str] = []
+    candidates: list[tuple[str, nn.Module]] = []
+    get_decoder = getattr(model, "get_decoder", None)
+    if callable(get_decoder):
+        try:
+            decoder = get_decoder()
+        except Exception as exc:  # noqa: BLE001
+            tried.append(f"get_decoder() ({_short(exc, 80)})")
+            decoder = None
+        if isinstance(decoder, nn.Module):
+            path = _path_of(model, decoder)
+            if path is not None:
+                candidates.append((path, decoder))
+    modules = dict(model.named_modules())
+    absent = []
+    for path in _DECODER_CANDIDATES:
+        if path in modules:
+            candidates.append((path, modules[path]))
+        else:
+            absent.append(path)
+    if absent:
+        tried.append(f"decoder paths {', '.join(absent)} (absent)")
+    candidates.append(("", model))
+    for path, module in candidates:
+        found = _layers_of(module)
+        label = path or "<root>"
+        if found is None:
+            tried.append(f"{label}.{{{','.join(_LAYER_ATTRS)}}}")
+            continue
+        prefix = f"{path}.{found[0]}" if path else found[0]
+        if _inside(prefix, vision):
+            tried.append(f"{prefix} (inside a vision tower)")
+            continue
+        return prefix, found[1]
+    raise UnitResolutionError(
+        f"cannot find the language decoder layers of {type(model).__name__}; tried: " + ", ".join(tried)
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# layer selectors
+# ----------------------------------------------------------------------------------------------------------
+
+_RANGE = re.compile(r"^(\d+)-(\d+)$")
+_OPEN = re.compile(r"^(\d+)-$")
+_INDEX = re.compile(r"^-?\d+$")
+_SLICE = re.compile(r"^(-?\d+)?:(-?\d+)?$")
+
+
+def parse_layers(spec: str | Sequence[int] | None, n_layers: int) -> list[int]:
+    """Turn a layer selector into a sorted list of distinct layer indices in ``[0, n_layers)``.
+
+    ``None``, ``""`` or ``"all"``: every layer. A string is a comma-separated list of parts:
+
+    * ``"5"`` one layer; ``"-1"`` a Python-style negative index (the last layer);
+    * ``"4-7"`` an inclusive range; ``"8-"`` layer 8 to the last;
+    * ``"16:"``, ``":8"``, ``"-8:"``, ``"2:-2"`` Python slices (stop exclusive, negatives from the end).
+
+    A sequence of ints takes each as an index (negatives from the end). Indices or slice bounds outside
+    ``[-n_layers, n_layers)`` (``n_layers`` allowed as a slice stop), reversed ranges and empty results
+    raise ``ValueError`` naming the valid range.
+
+    Example:
+        >>> parse_layers("0,2,5-6", 8), parse_layers("-2:", 8), parse_layers(None, 3)
+        ([0, 2, 5, 6], [6, 7], [0, 1, 2])
+    """
+    if n_layers <= 0:
+        raise ValueError(f"the model has no decoder layers (n_layers={n_layers})")
+    valid = f"valid layers are 0..{n_layers - 1} (or -{n_layers}..-1 from the end)"
+
+    def norm(i: int, what: str) -> int:
+        if not -n_layers <= i < n_layers:
+            raise ValueError(f"layer {i} in {what!r} is out of range: {valid}")
+        return i % n_layers
+
+    if spec is None:
+        return list(range(n_layers))
+    chosen: set[int] = set()
+    if isinstance(spec, str):
+        text = spec.strip().replace(" ", "")
+        if text in ("", "all"):
+            return list(range(n_layers))
+        for part in text.split(","):
+            if m := _RANGE.match(part):
+                lo, hi = norm(int(m[1]), part), norm(int(m[2]), part)
+                if lo > hi:
+                    raise ValueError(f"layer range {part!r} is reversed: {valid}")
+                chosen.update(range(lo, hi + 1))
+            elif m := _OPEN.match(part):
+                chosen.update(range(norm(int(m[1]), part), n_layers))
+            elif _INDEX.match(part):
+                chosen.add(norm(int(part), part))
+            elif m := _SLICE.match(part):
+                bounds = [int(b) if b is not None else None for b in (m[1], m[2])]
+                for b in bounds:
+                    if b is not None and not -n_layers <= b <= n_layers:
+                        raise ValueError(f"slice bound {b} in {part!r} is out of range: {valid}")
+                chosen.update(range(n_layers)[slice(*bounds)])
+            else:
+                raise ValueError(
+                    f"cannot parse layer selector part {part!r}; use e.g. '4-7', '8-', '0,2,5', '16:', '-8:'"
+                )
+    else:
+        for i in spec:
+            if isinstance(i, bool) or not isinstance(i, int):
+                raise ValueError(f"layer indices must be ints, got {i!r}")
+            chosen.add(norm(i, str(list(spec))))
+    if not chosen:
+        raise ValueError(f"layer selector {spec!r} selects no layer: {valid}")
+    return sorted(chosen)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# unit sites
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+
+
+def _features(module: nn.Module) -> tuple[int, int]:
+    """(in_features, out_features) of a Linear or a GPT-2 Conv1D."""
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        raise UnitResolutionError(f"{type(module).__name__} has no 2-D weight to hold units")
+    if _is_conv1d(module):
+        return int(weight.shape[0]), int(weight.shape[1])
+    return int(weight.shape[1]), int(weight.shape[0])
+
+
+def _child(parent: nn.Module, names: Sequence[str]) -> tuple[str, nn.Module] | None:
+    for name in names:
+        child = getattr(parent, name, None)
+        if isinstance(child, nn.Module) and isinstance(getattr(child, "weight", None), torch.Tensor):
+            return name, child
+    return None
+
+
+def _site_in_layer(layer: nn.Module, layer_path: str, index: int, kind: str) -> UnitSite:
+    mlp_found = None
+    for attr in _MLP_ATTRS:
+        mlp = getattr(layer, attr, None)
+        if isinstance(mlp, nn.Module):
+            mlp_found = (attr, mlp)
+            break
+    if mlp_found is None:
+        raise UnitResolutionError(
+            f"decoder layer {layer_path} ({type(layer).__name__}) has no MLP; tried attributes {', '.join(_MLP_ATTRS)}"
+        )
+    mlp_attr, mlp = mlp_found
+    names = {"act": _DOWN_NAMES, "down": _DOWN_NAMES, "gate": _GATE_NAMES, "up": _UP_NAMES}[kind]
+    found = _child(mlp, names)
+    if found is None:
+        raise UnitResolutionError(
+            f"no {kind!r} units in {layer_path}.{mlp_attr} ({type(mlp).__name__}); tried sub-modules "
+            f"{', '.join(names)}" + ("; this MLP has no gate" if kind == "gate" else "")
+        )
+    name, module = found
+    fan_in, fan_out = _features(module)
+    where: Literal["input", "output"] = "input" if kind == "act" else "output"
+    size = fan_in if where == "input" else fan_out
+    return UnitSite(f"{layer_path}.{mlp_attr}.{name}", index, kind, size, where)  # type: ignore[arg-type]
+
+
+def resolve_units(
+    model: nn.Module, kind: str = "act", layers: str | Sequence[int] | None = None
+) -> list[UnitSite]:
+    """The unit sites of the language decoder's MLPs, one per selected layer, in layer order.
+
+    ``kind`` is ``act`` (default), ``gate``, ``up`` or ``down``; ``layers`` a selector for
+    :func:`parse_layers`. Raises :class:`UnitResolutionError` naming what was tried when the architecture
+    is unknown, the kind does not exist (``gate`` on GPT-2) or nothing matches.
+
+    Example:
+        >>> from safety_glasses.testing import tiny_vlm
+        >>> sites = resolve_units(tiny_vlm("gpt2")[0], "act", layers="-1")
+        >>> sites[0].module_name, sites[0].size, sites[0].where
+        ('transformer.h.1.mlp.c_proj', 64, 'input')
+    """
+    if kind not in UNIT_KINDS:
+        raise UnitResolutionError(f"unknown unit kind {kind!r}; choose one of {', '.join(UNIT_KINDS)}")
+    prefix, layer_list = decoder_layers(model)
+    try:
+        indices = parse_layers(layers, len(layer_list))
+    except ValueError as exc:
+        raise UnitResolutionError(f"{type(model).__name__}: {exc}") from exc
+    sites = [_site_in_layer(layer_list[i], f"{prefix}.{i}", i, kind) for i in indices]
+    vision = _vision_paths(model)
+    bad = [s.module_name for s in sites if _inside(s.module_name, vision)]
+    if bad:
+        raise UnitResolutionError(f"refusing unit sites inside a vision tower: {bad}")
+    return sites
+
+
+# ----------------------------------------------------------------------------------------------------------
+# folding
+# ----------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def fold_site(model: nn.Module, site: UnitSite, alpha: torch.Tensor) -> None:
+    """Multiply the weights of ``site``'s module so that it computes what a scaling hook would.
+
+    ``"input"`` sites scale the input columns of the weight (rows of a GPT-2 Conv1D weight ``[in, out]``);
+    ``"output"`` sites scale the output rows and the bias. The product is computed in float32 on the
+    weight's own device and cast back to the weight's dtype. ``alpha`` must have ``site.size`` entries.
+
+    Example:
+        >>> from safety_glasses.testing import tiny_vlm
+        >>> model, _ = tiny_vlm("llama")
+        >>> site = resolve_units(model, "act")[0]
+        >>> fold_site(model, site, torch.zeros(site.size))
+        >>> float(model.get_submodule(site.module_name).weight.abs().sum())
+        0.0
+    """
+    module = model.get_submodule(site.module_name)
+    alpha = torch.as_tensor(alpha).detach().flatten()
+    if alpha.numel() != site.size:
+        raise ValueError(f"alpha for {site.module_name} has {alpha.numel()} entries, the site has {site.size}")
+    weight = module.weight
+    if weight.device.type == "meta":
+        raise ValueError(f"cannot fold into {site.module_name}: its weight is offloaded (meta device)")
+    fan_in, fan_out = _features(module)
+    expected = fan_in if site.where == "input" else fan_out
+    if expected != site.size:
+        raise ValueError(f"{site.module_name} holds {expected} units where the site says {site.size}")
+    a = alpha.to(device=weight.device, dtype=torch.float32)
+    conv = _is_conv1d(module)
+    # Linear weight: [out, in]; Conv1D weight: [in, out].
+    along_in_dim = 0 if conv else 1
+    dim = along_in_dim if site.where == "input" else 1 - along_in_dim
+    shape = [1, 1]
+    shape[dim] = -1
+    weight.data.copy_((weight.data.float() * a.view(shape)).to(weight.dtype))
+    bias = getattr(module, "bias", None)
+    if site.where == "output" and isinstance(bias, torch.Tensor):
+        bias.data.copy_((bias.data.float() * a.to(bias.device)).to(bias.dtype))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# identity
+# ----------------------------------------------------------------------------------------------------------
+
+_VOLATILE_KEYS = frozenset(
+    {
+        "_name_or_path",
+        "name_or_path",
+        "torch_dtype",
+        "dtype",
+        "transformers_version",
+        "_commit_hash",
+        "_attn_implementation",
+        "_attn_implementation_autoset",
+        "_attn_implementation_internal",
+        "attn_implementation",
+        "use_cache",
+        "output_attentions",
+        "output_hidden_states",
+        "return_dict",
+    }
+)
+
+
+def _strip(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _strip(v) for k, v in value.items() if k not in _VOLATILE_KEYS}
+    if isinstance(value, (list, tuple)):
+        return [_strip(v) for v in value]
+    return value
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """A short sha256 of the model's config with volatile keys (path, dtype, versions) removed.
+
+    Two models with the same architecture and shapes share a fingerprint whatever their weights, dtype
+    or location on disk.
+
+    Example:
+        >>> from safety_glasses.testing import tiny_vlm
+        >>> model_fingerprint(tiny_vlm("llama", seed=0)[0]) == model_fingerprint(tiny_vlm("llama", seed=1)[0])
+        True
+    """
+    config = getattr(model, "config", None)
+    if config is None:
+        raise ValueError(f"{type(model).__name__} has no config to fingerprint")
+    text = json.dumps(_strip(config.to_dict()), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def model_identity(model: nn.Module) -> dict[str, str]:
+    """``{"name_or_path", "class", "fingerprint"}`` of a model, for artefacts and reports.
+
+    Example:
+        >>> from safety_glasses.testing import tiny_vlm
+        >>> model_identity(tiny_vlm("gpt2")[0])["class"]
+        'GPT2LMHeadModel'
+    """
+    config = getattr(model, "config", None)
+    return {
+        "name_or_path": str(getattr(config, "_name_or_path", "") or getattr(model, "name_or_path", "") or ""),
+        "class": type(model).__name__,
+        "fingerprint": model_fingerprint(model),
+    }

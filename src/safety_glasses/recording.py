@@ -1,0 +1,230 @@
+"""Recording pooled MLP-unit activations over concept rows, streamed to disk.
+
+Each site (one decoder MLP module of the language tower) gets one standard ``.npy`` file of
+shape ``[rows, units]`` in float16. Rows are written batch by batch straight into the file, so
+memory does not grow with the number of rows, and ``recording.json`` records how many rows are
+done: a killed run started again on the same folder continues where it stopped.
+
+Pooling over tokens (``pooling``): ``mean`` (default), ``max``, ``last`` (the last selected
+token). Token mask (``positions``): ``all`` (default), ``text``, ``image``, ``response``,
+``prompt``. Padding is always excluded. A row whose mask selects no token (e.g. ``image`` on
+a text-only row) records zeros and is counted in ``recording.json`` as ``empty_rows``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .concepts import ConceptSet
+from .generation import to_model_inputs
+from .hooks import register_site_hook
+from .inputs import encode_rows
+from .models import UnitSite, model_fingerprint
+
+POOLINGS = ("mean", "max", "last")
+RECORD_POSITIONS = ("all", "text", "image", "response", "prompt")
+_FP16_MAX = float(np.finfo(np.float16).max)
+META = "recording.json"
+
+
+class RecordingError(ValueError):
+    """A recording folder that cannot be used (holds another recording, or is corrupt)."""
+
+
+@dataclass
+class Recording:
+    """Pooled activations on disk: one float16 ``[rows, units]`` matrix per site.
+
+    Example:
+        >>> rec = Recording.open("runs/rec")
+        >>> rec.matrix(rec.sites[0].module_name).shape
+        (256, 128)
+    """
+
+    directory: Path
+    sites: list[UnitSite]
+    labels: np.ndarray
+    meta: dict[str, Any]
+
+    @classmethod
+    def open(cls, directory: str | Path) -> "Recording":
+        """Open a complete recording folder written by :func:`record_activations`."""
+        directory = Path(directory)
+        meta = json.loads((directory / META).read_text())
+        if meta["rows_done"] != meta["n_rows"]:
+            raise RecordingError(f"{directory}: recording incomplete ({meta['rows_done']}/{meta['n_rows']} rows)")
+        sites = [UnitSite(**s) for s in meta["sites"]]
+        return cls(directory, sites, np.asarray(meta["labels"], dtype=np.int8), meta)
+
+    def matrix(self, module_name: str) -> np.ndarray:
+        """The ``[rows, units]`` float16 matrix of one site, memory-mapped read-only."""
+        for i, s in enumerate(self.sites):
+            if s.module_name == module_name:
+                return np.load(self.directory / _site_file(i), mmap_mode="r")
+        raise KeyError(module_name)
+
+
+def _site_file(i: int) -> str:
+    return f"site_{i:04d}.npy"
+
+
+def pool(x: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    """Pool ``x [B, T, D]`` over the tokens selected by ``mask [B, T]`` -> ``[B, D]`` float32.
+
+    Rows with an empty mask give zeros.
+
+    Example:
+        >>> pool(torch.ones(2, 3, 4), torch.ones(2, 3, dtype=torch.bool), "mean").shape
+        torch.Size([2, 4])
+    """
+    m = mask.to(x.device)
+    xf = x.float()
+    has = m.any(dim=1, keepdim=True)
+    if how == "mean":
+        mf = m.unsqueeze(-1).to(xf.dtype)
+        out = (xf * mf).sum(1) / mf.sum(1).clamp_min(1.0)
+    elif how == "max":
+        out = xf.masked_fill(~m.unsqueeze(-1), float("-inf")).amax(1)
+        out = torch.where(has, out, torch.zeros_like(out))
+    elif how == "last":
+        pos = torch.arange(m.shape[1], device=m.device).expand_as(m)
+        idx = torch.where(m, pos, torch.full_like(pos, -1)).amax(1).clamp_min(0)
+        out = xf[torch.arange(xf.shape[0], device=xf.device), idx.to(xf.device)]
+        out = torch.where(has, out, torch.zeros_like(out))
+    else:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {how!r}")
+    return out
+
+
+class _PoolHook:
+    """Pools one site's activation under the current batch's token mask."""
+
+    def __init__(self, where: str, pooling: str, state: dict[str, torch.Tensor]) -> None:
+        self.where, self.pooling, self.state = where, pooling, state
+        self.value: torch.Tensor | None = None
+
+    def _take(self, x: torch.Tensor) -> None:
+        self.value = pool(x, self.state["mask"], self.pooling).cpu()
+
+    def pre(self, module: nn.Module, args: tuple) -> None:
+        self._take(args[0])
+
+    def post(self, module: nn.Module, args: tuple, output: Any) -> None:
+        self._take(output[0] if isinstance(output, tuple) else output)
+
+
+def _expected_meta(model: nn.Module, concepts: ConceptSet, sites: Sequence[UnitSite],
+                   pooling: str, positions: str) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "n_rows": len(concepts),
+        "pooling": pooling,
+        "positions": positions,
+        "concept_hash": concepts.content_hash(),
+        "model_fingerprint": model_fingerprint(model),
+        "sites": [asdict(s) for s in sites],
+        "labels": [int(v) for v in concepts.labels],
+        "dtype": "float16",
+    }
+
+
+def _write_meta(directory: Path, meta: dict[str, Any]) -> None:
+    tmp = directory / (META + ".tmp")
+    tmp.write_text(json.dumps(meta))
+    os.replace(tmp, directory / META)
+
+
+def _prepare(directory: Path, expected: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
+    """Create the folder's files, or check an existing one; returns (meta, header offsets)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    meta_path = directory / META
+    sites = expected["sites"]
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        same = {k: meta.get(k) for k in expected} == expected
+        if not same:
+            raise RecordingError(
+                f"{directory} holds a different recording (model, concepts, sites, pooling or positions "
+                "differ); use another folder or delete it")
+    else:
+        meta = dict(expected, rows_done=0, empty_rows=0)
+        for i, s in enumerate(sites):
+            mm = np.lib.format.open_memmap(directory / _site_file(i), mode="w+", dtype=np.float16,
+                                           shape=(expected["n_rows"], s["size"]))
+            del mm
+        _write_meta(directory, meta)
+    offsets = [int(np.load(directory / _site_file(i), mmap_mode="r").offset) for i in range(len(sites))]
+    return meta, offsets
+
+
+@torch.no_grad()
+def record_activations(model: nn.Module, processor: Any, concepts: ConceptSet, sites: Sequence[UnitSite],
+                       directory: str | Path, *, pooling: str = "mean", positions: str = "all",
+                       batch_size: int = 8, progress: bool = True) -> Recording:
+    """Run forward passes over ``concepts`` and write each site's pooled units to ``directory``.
+
+    Resumes a partial recording of the same model, concepts, sites and settings.
+
+    Example:
+        >>> sites = resolve_units(model, "act")
+        >>> rec = record_activations(model, processor, concepts, sites, "runs/rec", batch_size=4)
+        >>> rec.matrix(sites[0].module_name).shape[0] == len(concepts)
+        True
+    """
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    if positions not in RECORD_POSITIONS:
+        raise ValueError(f"positions must be one of {RECORD_POSITIONS}, got {positions!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    directory = Path(directory)
+    meta, offsets = _prepare(directory, _expected_meta(model, concepts, sites, pooling, positions))
+    start, n = meta["rows_done"], len(concepts)
+    modules = dict(model.named_modules())
+    state: dict[str, torch.Tensor] = {}
+    hooks = [_PoolHook(s.where, pooling, state) for s in sites]
+    handles = []
+    files = [open(directory / _site_file(i), "r+b") for i in range(len(sites))]
+    was_training = model.training
+    model.eval()
+    try:
+        for s, h in zip(sites, hooks):
+            handles.append(register_site_hook(modules[s.module_name], s.where, h.pre if s.where == "input" else h.post))
+        bar = tqdm(total=n, initial=start, desc="recording", unit="row", disable=not progress)
+        for lo in range(start, n, batch_size):
+            rows = concepts.rows[lo:lo + batch_size]
+            batch = encode_rows(processor, [r.prompt for r in rows], [r.load_images() for r in rows],
+                                [r.response for r in rows], model_config=model.config)
+            mask = batch.masks[positions] & batch.attention_mask.bool()
+            state["mask"] = mask
+            model(**to_model_inputs(batch.inputs, model))
+            for i, (s, h) in enumerate(zip(sites, hooks)):
+                if h.value is None or h.value.shape != (len(rows), s.size):
+                    got = None if h.value is None else tuple(h.value.shape)
+                    raise RecordingError(f"site {s.module_name} gave {got}, expected {(len(rows), s.size)}")
+                vals = h.value.clamp(-_FP16_MAX, _FP16_MAX).to(torch.float16).numpy()
+                files[i].seek(offsets[i] + lo * s.size * 2)
+                files[i].write(np.ascontiguousarray(vals).tobytes())
+                files[i].flush()
+                h.value = None
+            meta["rows_done"] = lo + len(rows)
+            meta["empty_rows"] = int(meta.get("empty_rows", 0)) + int((~mask.any(1)).sum())
+            _write_meta(directory, meta)
+            bar.update(len(rows))
+        bar.close()
+    finally:
+        for h in handles:
+            h.remove()
+        for f in files:
+            f.close()
+        model.train(was_training)
+    return Recording.open(directory)
