@@ -55,7 +55,8 @@ def tokenizer_of(processor_or_tokenizer: Any) -> Any:
         >>> type(tokenizer_of(tiny_vlm("llava")[1])).__name__
         'TokenizersBackend'
     """
-    return getattr(processor_or_tokenizer, "tokenizer", None) or processor_or_tokenizer
+    tokenizer = getattr(processor_or_tokenizer, "tokenizer", None)
+    return processor_or_tokenizer if tokenizer is None else tokenizer
 
 
 def _is_multimodal(processor: Any) -> bool:

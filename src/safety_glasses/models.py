@@ -37,6 +37,7 @@ __all__ = [
     "UNIT_KINDS",
     "load_vlm",
     "load_processor",
+    "build_processor",
     "decoder_layers",
     "parse_layers",
     "resolve_units",
@@ -207,18 +208,28 @@ def load_processor(path_or_id: str | Path, config: Any | None = None) -> Any:
 
 
 def _processor_class_and_kwargs(source: str, config: Any | None) -> tuple[str | None, dict[str, Any]]:
+    """The processor class named by the checkpoint (else by its model type) and its saved init kwargs."""
     from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+    from transformers.utils import cached_file
 
     kwargs: dict[str, Any] = {}
     cls_name: str | None = None
-    folder = Path(source)
     for fname in ("processor_config.json", "preprocessor_config.json"):
-        path = folder / fname
-        if path.is_file():
-            data = json.loads(path.read_text())
-            cls_name = cls_name or data.get("processor_class")
-            if fname == "processor_config.json":
-                kwargs = {k: v for k, v in data.items() if k != "processor_class" and not isinstance(v, dict)}
+        try:
+            path = cached_file(
+                source,
+                fname,
+                _raise_exceptions_for_missing_entries=False,
+                _raise_exceptions_for_connection_errors=False,
+            )
+        except Exception:  # noqa: BLE001 - an unreadable optional file is the same as a missing one
+            path = None
+        if path is None:
+            continue
+        data = json.loads(Path(path).read_text())
+        cls_name = cls_name or data.get("processor_class")
+        if fname == "processor_config.json":
+            kwargs = {k: v for k, v in data.items() if k != "processor_class" and not isinstance(v, dict)}
     if cls_name is None and config is not None:
         cls_name = PROCESSOR_MAPPING_NAMES.get(getattr(config, "model_type", ""), None)
     return cls_name, kwargs
