@@ -49,16 +49,19 @@ def glasses_for(model) -> Glasses:
     return Glasses(GlassesConfig(strategy="aura", sites=sites), alphas)
 
 
-def timed(fn, repeats: int, sync) -> float:
-    fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
+def interleaved(fns: dict, repeats: int, sync) -> dict[str, float]:
+    """Median wall time of each function, run in turns so that machine noise hits all alike."""
+    for fn in fns.values():
         fn()
-        sync()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    sync()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            sync()
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def main() -> None:
@@ -74,20 +77,22 @@ def main() -> None:
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     kw = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=0)
 
-    def run():
-        with torch.no_grad():
-            model.generate(input_ids=ids, **kw)
-
     g = glasses_for(model)
-    t_plain = timed(run, args.repeats, sync)
+    folded, _, _ = build(args.device)
+    folded.load_state_dict(model.state_dict())
+    g.fold_into(folded)
+
+    def gen(m):
+        with torch.no_grad():
+            m.generate(input_ids=ids, **kw)
 
     def hooked():
         with g.apply(model):
-            run()
+            gen(model)
 
-    t_hook = timed(hooked, args.repeats, sync)
-    g.fold_into(model)
-    t_fold = timed(run, args.repeats, sync)
+    t = interleaved({"plain": lambda: gen(model), "hooked": hooked, "folded": lambda: gen(folded)},
+                    args.repeats, sync)
+    t_plain, t_hook, t_fold = t["plain"], t["hooked"], t["folded"]
     print(f"device={args.device} dtype={dtype} layers={cfg.text_config.num_hidden_layers} "
           f"new_tokens={args.new_tokens} batch=1")
     print(f"plain  {t_plain * 1000:9.1f} ms")

@@ -35,7 +35,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 from PIL import Image
@@ -262,6 +262,7 @@ class ConceptSet:
     ) -> ConceptSet:
         """Build a set from dicts with keys ``id``?, ``image``?, ``prompt``, ``response``, ``label``,
         ``category``?; ``image`` may be a PIL image, a path, a list of either, or None/missing.
+        :class:`ConceptRow` objects are accepted as they are.
         Relative paths are resolved against ``base_dir`` (default: the working directory).
 
         Example:
@@ -383,6 +384,12 @@ class ConceptSet:
 
     def __iter__(self) -> Iterator[ConceptRow]:
         return iter(self.rows)
+
+    @overload
+    def __getitem__(self, index: int) -> ConceptRow: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[ConceptRow]: ...
 
     def __getitem__(self, index: int | slice) -> ConceptRow | list[ConceptRow]:
         return self.rows[index]
@@ -531,6 +538,8 @@ def _read_text(path: Path) -> str:
 
 def _parse_row(raw: Any, index: int, where: str, base_dir: Path | None) -> ConceptRow:
     """Turn one raw mapping into a :class:`ConceptRow`, prefixing every error with ``where``."""
+    if isinstance(raw, ConceptRow):
+        return raw
     if not isinstance(raw, Mapping):
         raise ConceptError(
             f"{where}: expected an object with prompt/response/label, got {type(raw).__name__}"

@@ -13,8 +13,9 @@ NaN patterns detected), the label is appended as the lowest bit, and each chunk 
 along the rows twice, once with negatives first inside every tie group and once with positives
 first. With ``P`` the sum of the positives' 0-based positions, ``P - n_pos (n_pos - 1) / 2`` counts
 negatives ranked below the positives, ties counted fully (negatives first) or not at all
-(positives first); their mean is the Mann-Whitney U. float64 (whose 64-bit key leaves no room for
-the label bit) uses two stable arg-sorts of row-permuted values instead.
+(positives first); their mean is the Mann-Whitney U. float64 chunks whose values are exact in
+float32 take the float32 path; other float64 values (whose 64-bit key leaves no room for the label
+bit) use two stable arg-sorts of row-permuted values instead.
 
 NumPy input (including ``np.memmap``) and torch tensors on the CPU run through NumPy's vectorised
 sorts, chunks spread over up to ``MAX_THREADS`` threads; torch tensors on an accelerator (or any
@@ -89,6 +90,8 @@ _TRANSPOSE_ROWS = 256  # rows per block of the cache-friendly transposing copy
 
 def _numpy_kind(arr: np.ndarray) -> tuple[str, np.ndarray]:
     """Return (format, array to chunk) for a NumPy scores array."""
+    if not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))
     if arr.dtype == np.float16:
         return "float16", arr.view(np.int16)
     if arr.dtype == np.float32:
@@ -107,28 +110,29 @@ class _NanFound(Exception):
 
 
 class _NumpyChunker:
-    """Computes the two position sums for chunks of units; owns its work buffers (one per thread)."""
+    """Computes the two position sums for chunks of units; owns its work buffers (one per thread).
+
+    float64 chunks whose values are all exact in float32 (e.g. upcast activations, small
+    integers) take the float32 key path; others use two stable arg-sorts.
+    """
 
     def __init__(self, fmt: str, lab: np.ndarray, chunk: int) -> None:
         n = lab.shape[0]
-        self.fmt, self.n = fmt, n
+        self.fmt, self.n, self.chunk = fmt, n, chunk
         self.total = n * (n - 1) // 2
         int_t = np.int32 if self.total < 2**31 else np.int64
         self.positions = np.arange(n, dtype=int_t)
         self.lab = lab
-        if fmt == "float64":
-            self.neg_first = np.argsort(lab, kind="stable")
-            self.pos_first = np.argsort(1 - lab, kind="stable")
-            return
-        wide = np.int32 if fmt in ("float16", "bfloat16") else np.int64
+        self.flags = np.empty((chunk, n), dtype=np.int8)
+        self.key_fmt = "float32" if fmt == "float64" else fmt
+        wide = np.int32 if self.key_fmt in ("float16", "bfloat16") else np.int64
         narrow = np.int16 if wide is np.int32 else np.int32
         self.wide = wide
         self.raw = np.empty((chunk, n), dtype=narrow)
         self.sign = np.empty((chunk, n), dtype=narrow)
         self.work = np.empty((chunk, n), dtype=wide)
-        self.flags = np.empty((chunk, n), dtype=np.int8)
         self.lab_wide = lab.astype(wide)
-        self.limit = 2 * _INF_BITS[fmt]
+        self.limit = 2 * _INF_BITS[self.key_fmt]
         self.min_key = -(2 ** (8 * np.dtype(narrow).itemsize - 1) - 1)
 
     def _sum_marked(self, s: np.ndarray, c: int) -> np.ndarray:
@@ -139,12 +143,21 @@ class _NumpyChunker:
 
     def __call__(self, data: np.ndarray, start: int, c: int) -> np.ndarray:
         if self.fmt == "float64":
-            return self._float64(data, start, c)
+            values = np.asarray(data[:, start : start + c], dtype=np.float64)
+            with np.errstate(over="ignore", invalid="ignore"):
+                as32 = values.astype(np.float32)
+            if not np.array_equal(as32, values):  # not exact in float32 (or NaN: checked there)
+                return self._float64(values, start)
+            return self._keyed(as32.view(np.int32), 0, c, start)
+        return self._keyed(data, start, c, start)
+
+    def _keyed(self, bits: np.ndarray, offset: int, c: int, start: int) -> np.ndarray:
+        """Position sums for ``bits[:, offset:offset + c]`` (16- or 32-bit float patterns)."""
         n = self.n
         raw, sign = self.raw[:c], self.sign[:c]
         for r in range(0, n, _TRANSPOSE_ROWS):  # blocked transposing copy: [n, c] -> [c, n]
             rows = slice(r, r + _TRANSPOSE_ROWS)
-            np.copyto(raw[:, rows], data[rows, start : start + c].T)
+            np.copyto(raw[:, rows], bits[rows, offset : offset + c].T)
         # Order-preserving key of a sign-magnitude float pattern a (as a signed integer):
         # a for a >= 0, and INT_MIN - a for a < 0 (so -0 and +0 both become 0), branch-free.
         np.right_shift(raw, raw.dtype.itemsize * 8 - 1, out=sign)  # 0 or -1
@@ -164,12 +177,13 @@ class _NumpyChunker:
         p_pos_first = self.total - self._sum_marked(s, c)  # bit 1 now marks negatives
         return p_neg_first + p_pos_first
 
-    def _float64(self, data: np.ndarray, start: int, c: int) -> np.ndarray:
-        values = np.asarray(data[:, start : start + c], dtype=np.float64)
+    def _float64(self, values: np.ndarray, start: int) -> np.ndarray:
         if np.isnan(values).any():
             raise _NanFound(start + int(np.flatnonzero(np.isnan(values).any(axis=0))[0]))
-        sums = np.zeros(c, dtype=np.float64)
-        for perm in (self.neg_first, self.pos_first):  # stable sorts keep this order in ties
+        sums = np.zeros(values.shape[1], dtype=np.float64)
+        neg_first = np.argsort(self.lab, kind="stable")
+        pos_first = np.argsort(1 - self.lab, kind="stable")
+        for perm in (neg_first, pos_first):  # stable sorts keep this row order inside ties
             v = np.ascontiguousarray(values[perm].T)
             order = np.argsort(v, axis=1, kind="stable")
             is_pos = (self.lab[perm][order] == 1).astype(np.int8)

@@ -103,6 +103,8 @@ def test_from_rows_accepts_pil_paths_lists_and_none(folder: Path) -> None:
     assert cs[0].load_images()[0].mode == "RGB"
     assert cs[2].images == (folder / "img" / "blue.png",)
     assert cs[3].images == ()
+    again = ConceptSet.from_rows(list(cs))  # ConceptRow objects pass through
+    assert [r.id for r in again] == ["p", "q", "r", "s"] and again.content_hash() == cs.content_hash()
 
 
 @pytest.mark.parametrize(

@@ -98,6 +98,18 @@ def test_infinities_are_ordered() -> None:
         np.testing.assert_array_equal(auroc(x, labels), [0.625])
 
 
+def test_float64_exact_and_inexact_in_float32_chunks() -> None:
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 2, 60)
+    labels[:2] = [0, 1]
+    x = rng.integers(-3, 4, (60, 6)).astype(np.float64)  # exact in float32: the fast key path
+    x[:, 2] += 1e-12 * rng.integers(0, 2, 60)  # not exact in float32: the arg-sort path
+    x[:, 4] *= 1e300  # overflows float32: must not be cast
+    with np.errstate(all="raise"):  # no floating-point warnings escape
+        for chunk in (1, 2, None):
+            np.testing.assert_allclose(auroc(x, labels, chunk_size=chunk), _reference(x, labels), atol=1e-12)
+
+
 def test_empty_units_and_integer_scores() -> None:
     labels = np.array([0, 1])
     assert auroc(np.zeros((2, 0), dtype=np.float16), labels).shape == (0,)
