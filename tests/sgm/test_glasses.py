@@ -187,3 +187,17 @@ def test_derive_random_control(llava_fitted):
     assert ctrl.n_experts == glasses.n_experts and ctrl.config.strategy == "random"
     same = sum(int(((ctrl.alphas[n] < 1) & (glasses.alphas[n] < 1)).sum()) for n in glasses.alphas)
     assert same < glasses.n_experts  # other units than the experts
+
+
+def test_bf16_model_fits_wears_and_folds():
+    model, proc = tiny_vlm("gemma3", seed=0)
+    model = model.to(torch.bfloat16)
+    rows = planted_rows(8, seed=9)
+    g = fit_glasses(model, proc, rows, threshold=0.3, batch_size=4, progress=False)
+    assert all(torch.isfinite(a).all() for a in g.aurocs.values()) and g.n_experts > 0
+    x = _inputs(model, proc, n=2)
+    with g.apply(model):
+        hooked = _logits(model, x)
+    assert hooked.dtype == torch.bfloat16
+    g.fold_into(model)
+    assert torch.allclose(_logits(model, x).float(), hooked.float(), atol=0.1)
