@@ -1,1 +1,27 @@
-"""FGGM: formal grey-box attack on DRL MU-MIMO schedulers."""
+"""FGGM: formal grey-box attack on DRL MU-MIMO schedulers (this package also holds the victim).
+
+The victim side: a MU-MIMO uplink simulator (:mod:`fggm.channels`, :mod:`fggm.mimo`), a Gymnasium
+scheduling environment (:class:`MuMimoEnv`), classical schedulers (:mod:`fggm.schedulers`) and an
+SB3 SAC scheduler (:mod:`fggm.train`, ``load_scheduler``).
+
+Example:
+    >>> from fggm import MuMimoEnv, EnvConfig
+    >>> env = MuMimoEnv(EnvConfig())
+    >>> env.observation_space.shape, env.codec.n
+    ((544,), 2516)
+"""
+
+from fggm.config import ChannelConfig, ConfigError, EnvConfig, FggmConfig, TrainConfig
+from fggm.env import MuMimoEnv, observation_indices
+from fggm.mimo import SubsetCodec
+
+__all__ = [
+    "ChannelConfig",
+    "ConfigError",
+    "EnvConfig",
+    "FggmConfig",
+    "MuMimoEnv",
+    "SubsetCodec",
+    "TrainConfig",
+    "observation_indices",
+]

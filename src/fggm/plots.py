@@ -1,0 +1,76 @@
+"""Plots (matplotlib, Agg backend): training curve, per-user throughput bars and CDF.
+
+Example:
+    >>> # plot_training_curve("runs/x/progress.csv", "runs/x/training_curve.png")
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def plot_training_curve(csv_path: str | Path, png_path: str | Path) -> Path:
+    """Reward per TTI (training, rolling) and validation reward against environment steps.
+
+    Example:
+        >>> # plot_training_curve("progress.csv", "training_curve.png")
+    """
+    steps, train_r, val_steps, val_r = [], [], [], []
+    with open(csv_path, newline="") as fh:
+        for row in csv.DictReader(fh):
+            steps.append(int(row["step"]))
+            train_r.append(float(row["reward_mean"]))
+            if row["val_reward"]:
+                val_steps.append(int(row["step"]))
+                val_r.append(float(row["val_reward"]))
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, train_r, label="training reward / TTI (stochastic policy)")
+    if val_r:
+        ax.plot(val_steps, val_r, "o-", ms=3, label="validation reward / TTI (deterministic)")
+    ax.set_xlabel("environment steps (TTIs)")
+    ax.set_ylabel("reward per TTI")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(png_path)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_evaluation(rows: Sequence[dict[str, Any]], png_path: str | Path) -> Path:
+    """Per-user throughput bars (one group per user) and the CDF of per-episode user throughput.
+
+    Example:
+        >>> # plot_evaluation(rows, "evaluation.png")
+    """
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    n = len(rows)
+    K = len(rows[0]["per_user_throughput"]) if rows else 0
+    width = 0.8 / max(n, 1)
+    for i, r in enumerate(rows):
+        x = np.arange(K) + (i - (n - 1) / 2) * width
+        ax1.bar(x, r["per_user_throughput"], width=width, label=r["scheduler"])
+        vals = np.sort(np.ravel(r.get("episode_user_throughput") or r["per_user_throughput"]))
+        ax2.step(vals, np.arange(1, len(vals) + 1) / len(vals), where="post", label=r["scheduler"])
+    ax1.set_xlabel("user")
+    ax1.set_ylabel("mean SE per TTI [bit/s/Hz]")
+    ax1.set_xticks(np.arange(K))
+    ax1.legend(fontsize=7, ncol=2)
+    ax2.set_xlabel("per-user throughput in an episode [bit/s/Hz]")
+    ax2.set_ylabel("CDF")
+    ax2.grid(alpha=0.3)
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    out = Path(png_path)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

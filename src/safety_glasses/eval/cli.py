@@ -1,0 +1,203 @@
+"""``sgm eval`` and ``sgm compare``: plain functions that ``safety_glasses.cli`` registers with
+``app.command("eval")(eval_command)`` and ``app.command("compare")(compare_command)``.
+
+Example:
+    >>> import typer
+    >>> app = typer.Typer()
+    >>> _ = app.command("eval")(eval_command)
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Expected failures become one ``error: ...`` line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except (ValueError, FileNotFoundError, KeyError, OSError, RuntimeError, ImportError) as err:
+            text = str(err).strip()
+            msg = text.splitlines()[0] if text else type(err).__name__
+            err_console.print(f"error: {msg}", markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _split(values: list[str] | None) -> list[str]:
+    out: list[str] = []
+    for v in values or []:
+        out.extend(p.strip() for p in v.split(",") if p.strip())
+    return out
+
+
+def _pct(x: Any) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def _print_results(results: dict[str, Any]) -> None:
+    bd = results["by_defense"]
+    conds = sorted({c for m in bd.values() for c in m["harmful_rate"]["by_condition"]})
+    table = Table(title=f"harmful rate % ({results['judges']['primary']})")
+    for col in ["defence", "overall", "95% CI", *conds, "over-refusal %", "VQA acc %", "ppl"]:
+        table.add_column(col, justify="left" if col == "defence" else "right")
+    for name, m in bd.items():
+        hr = m["harmful_rate"]
+        ci = "-" if not hr["ci95"] else f"[{_pct(hr['ci95'][0])}, {_pct(hr['ci95'][1])}]"
+        ppl = "-" if m["perplexity"] is None else f"{m['perplexity']:.2f}"
+        table.add_row(name, _pct(hr["overall"]), ci,
+                      *[_pct((hr["by_condition"].get(c) or {}).get("rate")) for c in conds],
+                      _pct(m["over_refusal"]["rate"]), _pct(m["vqa_accuracy"]["rate"]), ppl)
+    console.print(table)
+
+
+def eval_command(
+    model: str = typer.Option(..., help="Model folder (or hub id where the hub is reachable)."),
+    bench: Path = typer.Option(..., help="Benchmark: native JSONL, an MM-SafetyBench folder, or a "
+                                         "BeaverTails-V-style JSONL/Parquet export."),
+    out: Path = typer.Option(..., help="Output folder (samples.jsonl, results.json, report.md, PNGs); "
+                                       "rerunning with the same folder resumes."),
+    glasses: Optional[Path] = typer.Option(None, help="SGM glasses folder (the 'sgm' defence)."),
+    defense: Optional[list[str]] = typer.Option(
+        None, help="Defence configuration, repeatable; '+' composes (SGM*): sgm, sgm+adashield-s, "
+                   "self-reminder, ecso, output-filter, aura-text, det0, damp, random. Default: sgm when "
+                   "--glasses is given."),
+    baseline: bool = typer.Option(True, help="Also evaluate the undefended model ('none')."),
+    conditions: Optional[list[str]] = typer.Option(
+        None, help="Conditions to keep or derive, comma-separated or repeated: standard, typographic, "
+                   "sd_typo, adversarial_image, text_only (default: the rows as given)."),
+    judge: Optional[list[str]] = typer.Option(
+        None, help="Judge spec, repeatable (first = primary): profanity, refusal, hf-classifier:PATH, "
+                   "llama-guard:PATH, llm-judge:PATH or llm-judge:url=URL,model=NAME,key_env=VAR."),
+    concepts: Optional[Path] = typer.Option(None, help="Concept set for the neuron baselines and as "
+                                                       "adversarial targets (its toxic responses)."),
+    bench_format: str = typer.Option("auto", help="auto | bench | mmsb | beavertails-v."),
+    limit: Optional[int] = typer.Option(None, help="Use only the first N benchmark rows (smoke runs)."),
+    batch_size: int = typer.Option(8, help="Generations per batch."),
+    max_new_tokens: int = typer.Option(64),
+    sample: bool = typer.Option(False, help="Sample instead of greedy decoding."),
+    temperature: float = typer.Option(1.0),
+    top_p: float = typer.Option(1.0),
+    num_samples: int = typer.Option(1, help="Generations per row and defence (needs --sample)."),
+    seed: int = typer.Option(0, help="Sampling and bootstrap seed."),
+    perplexity: bool = typer.Option(True, help="Score replies' perplexity under the undefended model."),
+    typo_style: str = typer.Option("mmsb", help="Derived typographic images: mmsb | figstep."),
+    adv_image: Optional[Path] = typer.Option(None, help="A saved adversarial image (PNG or folder)."),
+    adv_targets: Optional[Path] = typer.Option(None, help="Target replies for the PGD attack, one per line."),
+    adv_steps: int = typer.Option(500, help="PGD steps."),
+    adv_eps: float = typer.Option(16.0, help="L-inf budget in 8-bit levels (16 = 16/255)."),
+    adv_step_size: float = typer.Option(1.0, help="PGD step in 8-bit levels."),
+    n_boot: int = typer.Option(1000, help="Bootstrap resamples for the CIs."),
+    dtype: Optional[str] = typer.Option(None, help="float32 | bfloat16 | float16 | auto."),
+    device_map: Optional[str] = typer.Option(None, help="e.g. auto (needs accelerate)."),
+    judge_device: str = typer.Option("cpu", help="Device of model judges: cpu | cuda | auto."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Evaluate a model on MM-TOXIC-QA: harmful rate (with CIs) per condition and category, over-refusal,
+    VQA accuracy and fluency, under each defence configuration."""
+    _run_eval(**locals())
+
+
+@_errors
+def _run_eval(**kw: Any) -> None:
+    from .adversarial import AdversarialConfig
+    from .loaders import load_benchmark
+    from .pipeline import evaluate
+    from .runner import RunConfig, SamplingConfig
+
+    conds = _split(kw["conditions"])
+    defenses = list(dict.fromkeys(kw["defense"] or (["sgm"] if kw["glasses"] else [])))
+    if kw["baseline"] and "none" not in defenses:
+        defenses.insert(0, "none")
+    if not defenses:
+        raise ValueError("nothing to evaluate: give --defense or keep --baseline")
+    if any("sgm" in d.split("+") for d in defenses) and kw["glasses"] is None:
+        raise ValueError("defence 'sgm' needs --glasses DIR")
+    if kw["glasses"] is not None and not (kw["glasses"] / "glasses_config.json").is_file():
+        raise FileNotFoundError(f"not a glasses folder: {kw['glasses']}")
+    if kw["concepts"] is not None and not kw["concepts"].is_file():
+        raise FileNotFoundError(f"concept file not found: {kw['concepts']}")
+    if kw["typo_style"] not in ("mmsb", "figstep"):
+        raise ValueError(f"--typo-style must be mmsb or figstep, got {kw['typo_style']!r}")
+    rows = load_benchmark(kw["bench"], fmt=kw["bench_format"])  # validated before the model loads
+    if kw["limit"] is not None:
+        if kw["limit"] < 1:
+            raise ValueError("--limit must be >= 1")
+        rows = rows[: kw["limit"]]
+    targets = None
+    if kw["adv_targets"] is not None:
+        if not kw["adv_targets"].is_file():
+            raise FileNotFoundError(f"target file not found: {kw['adv_targets']}")
+        targets = [t.strip() for t in kw["adv_targets"].read_text(encoding="utf-8").splitlines() if t.strip()]
+    run_config = RunConfig(
+        batch_size=kw["batch_size"], perplexity=kw["perplexity"],
+        sampling=SamplingConfig(max_new_tokens=kw["max_new_tokens"], do_sample=kw["sample"],
+                                temperature=kw["temperature"], top_p=kw["top_p"], num_samples=kw["num_samples"],
+                                seed=kw["seed"]))
+    adv_config = AdversarialConfig(eps=kw["adv_eps"] / 255, steps=kw["adv_steps"], step_size=kw["adv_step_size"] / 255,
+                                   seed=kw["seed"])
+    judges = list(kw["judge"] or ["profanity"])  # specs hold commas: repeat --judge instead of joining
+    from .judges import make_judge
+
+    built = [make_judge(j, device=kw["judge_device"]) for j in judges]  # fail before loading the model
+    from ..models import load_vlm
+
+    with console.status(f"loading {kw['model']}"):
+        model, processor = load_vlm(kw["model"], dtype=kw["dtype"], device_map=kw["device_map"])
+    results = evaluate(
+        model, processor, rows, kw["out"], defenses=defenses, judges=built, conditions=conds or None,
+        glasses_dir=kw["glasses"], concepts=kw["concepts"], run_config=run_config,
+        adversarial_image=kw["adv_image"], adversarial_targets=targets, adversarial_config=adv_config,
+        typo_style=kw["typo_style"], judge_device=kw["judge_device"], n_boot=kw["n_boot"],
+        extra_config={"model_path": kw["model"], "bench": str(kw["bench"]), "limit": kw["limit"]},
+        progress=kw["progress"])
+    _print_results(results)
+    tp = results["throughput"]
+    if tp.get("samples_per_s"):
+        console.print(f"{tp['new_samples']} new samples at {tp['samples_per_s']:.2f} samples/s")
+    console.print(f"wrote {kw['out'] / 'results.json'}, {kw['out'] / 'report.md'} and PNGs")
+
+
+def compare_command(
+    runs: list[Path] = typer.Argument(..., help="Run folders (or results.json files) to compare."),
+    out: Path = typer.Option(Path("compare.png"), help="Where to write the comparison PNG."),
+) -> None:
+    """Side-by-side table (and a PNG) of the harmful rate and side metrics of several runs."""
+    _run_compare(runs, out)
+
+
+@_errors
+def _run_compare(runs: list[Path], out: Path) -> None:
+    from .report import compare_rows, plot_compare
+
+    rows = compare_rows(runs)
+    if not rows:
+        raise ValueError("the runs hold no results to compare")
+    conds = sorted({c for r in rows for c in r["by_condition"]})
+    table = Table(title="harmful rate % by run and defence")
+    for col in ["run", "defence", "overall", "95% CI", *conds, "over-refusal %", "VQA acc %", "ppl"]:
+        table.add_column(col, justify="left" if col in ("run", "defence") else "right")
+    for r in rows:
+        ci = "-" if not r["ci95"] else f"[{_pct(r['ci95'][0])}, {_pct(r['ci95'][1])}]"
+        ppl = "-" if r["perplexity"] is None else f"{r['perplexity']:.2f}"
+        table.add_row(r["run"], r["defense"], _pct(r["harmful_rate"]), ci,
+                      *[_pct(r["by_condition"].get(c)) for c in conds], _pct(r["over_refusal"]),
+                      _pct(r["vqa_accuracy"]), ppl)
+    console.print(table)
+    console.print(f"wrote {plot_compare(rows, out)}")
