@@ -19,7 +19,6 @@ Example:
 from __future__ import annotations
 
 from itertools import combinations
-from math import comb
 from typing import Iterable, Sequence
 
 import numpy as np

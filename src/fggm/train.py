@@ -1,7 +1,7 @@
 """Train the DRL scheduler (Stable-Baselines3 SAC inside ``VecNormalize``) and load it back.
 
 A checkpoint directory holds ``sac.zip`` (``SAC.load``-able, no replay buffer, optimiser moments
-dropped to keep it small), ``vecnormalize.pkl`` (the observation normaliser's running statistics)
+and the separate target critic dropped to keep it small, see :func:`save_checkpoint`), ``vecnormalize.pkl`` (the observation normaliser's running statistics)
 and ``manifest.json`` (config, seed, versions, steps, wall time, final evaluation). Training also
 writes ``progress.csv`` and ``training_curve.png``.
 
@@ -76,7 +76,11 @@ def _strip_optimizer_state(model: Any) -> None:
 
 
 def save_checkpoint(model: Any, vecnormalize: Any, out_dir: str | Path, compact: bool = True) -> None:
-    """Write ``sac.zip`` + ``vecnormalize.pkl``. ``compact`` drops Adam moments (training resumes with fresh ones).
+    """Write ``sac.zip`` + ``vecnormalize.pkl``.
+
+    ``compact`` (default) keeps the file small without breaking ``SAC.load``: the Adam moments are
+    dropped (training would resume with fresh ones) and the Polyak target critic is stored as a
+    copy of the critic (shared storage, written once). The actor, and so every action, is unchanged.
 
     Example:
         >>> # save_checkpoint(model, vecnorm, "data/schedulers/mine")
@@ -85,11 +89,17 @@ def save_checkpoint(model: Any, vecnormalize: Any, out_dir: str | Path, compact:
     out.mkdir(parents=True, exist_ok=True)
     if compact:
         saved = (model.actor.optimizer, model.critic.optimizer)
+        target_data = [p.data for p in model.critic_target.parameters()]
         try:
             _strip_optimizer_state(model)
+            # the target critic is written as the critic itself: torch stores shared storages once
+            for p_target, p_critic in zip(model.critic_target.parameters(), model.critic.parameters()):
+                p_target.data = p_critic.data
             model.save(out / MODEL_FILE, exclude=["replay_buffer"])
         finally:
             model.actor.optimizer, model.critic.optimizer = saved
+            for p_target, data in zip(model.critic_target.parameters(), target_data):
+                p_target.data = data
     else:
         model.save(out / MODEL_FILE, exclude=["replay_buffer"])
     vecnormalize.save(str(out / NORM_FILE))
@@ -212,6 +222,7 @@ def train(
                     "gamma": tc.gamma, "norm_reward": tc.norm_reward, "n_envs": tc.n_envs, "batch_size": tc.batch_size,
                     "learning_rate": tc.learning_rate, "buffer_size": tc.buffer_size, "learning_starts": tc.learning_starts},
             "files": {"model": MODEL_FILE, "normalizer": NORM_FILE, "log": "progress.csv", "curve": "training_curve.png"},
+            "storage": "SB3 zip without replay buffer or Adam moments; target critic stored as the critic",
         }
         (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
         return manifest

@@ -77,3 +77,13 @@ def test_mismatched_sizes_give_one_clear_error(tiny_run, tmp_path) -> None:
         load_scheduler(out, EnvConfig(num_antennas=4, num_users=6, max_scheduled=2))
     with pytest.raises(ConfigError, match="missing"):
         load_scheduler(tmp_path)
+
+
+def test_shipped_checkpoint_loads_and_acts() -> None:
+    model, vecnorm, cfg = load_scheduler("data/schedulers/smart16", EnvConfig())
+    assert cfg.obs_dim == 544 and vecnorm.obs_rms.mean.shape == (544,)
+    manifest = json.loads(Path("data/schedulers/smart16/manifest.json").read_text())
+    assert manifest["config"]["train"]["net_arch"] == [512, 512] and "final_evaluation" in manifest
+    obs = _observations(cfg, n=10)
+    actions = np.stack([PolicyScheduler(model, vecnorm).action(o) for o in obs])
+    assert np.all(np.abs(actions) <= 1.0) and len(np.unique(actions)) > 1  # the policy reacts to the channels
