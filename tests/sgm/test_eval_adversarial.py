@@ -27,10 +27,12 @@ def test_pgd_lowers_target_loss_within_budget_and_round_trips(tmp_path: Path) ->
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model.lm_head.weight.requires_grad_(False)  # a mixed set of flags must come back as it was
     flags = [p.requires_grad for p in model.parameters()]
-    cfg = AdversarialConfig(eps=24 / 255, steps=6, step_size=4 / 255, batch_size=2, seed=1)
+    cfg = AdversarialConfig(eps=24 / 255, steps=6, step_size=4 / 255, batch_size=1, batches_per_step=3, seed=1)
     result = attack_image(model, proc, TARGETS, config=cfg, progress=False)
     assert result.loss_after < result.loss_before
     assert result.history[-1] < result.history[0]
+    assert result.checkpoints[0] == (0, result.loss_before) and result.checkpoints[-1][0] == 6
+    assert result.loss_after == min(loss for _, loss in result.checkpoints)  # the best scored iterate is kept
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # model untouched
     assert [p.requires_grad for p in model.parameters()] == flags and any(flags) and not all(flags)
     arr = np.asarray(result.image, dtype=int)
@@ -57,6 +59,8 @@ def test_attack_refuses_bad_inputs() -> None:
         attack_image(model, tok, TARGETS, config=AdversarialConfig(steps=1), progress=False)
     with pytest.raises(AdversarialError, match="at least one"):
         attack_image(model, tok, ["  "], progress=False)
+    with pytest.raises(ValueError, match="batches_per_step"):
+        AdversarialConfig(batches_per_step=0)
     with pytest.raises(ValueError, match="init must be"):
         AdversarialConfig(init="zeros")
     with pytest.raises(AdversarialError, match="not found"):

@@ -157,3 +157,11 @@ def test_figstep_style_and_rows_that_cannot_carry_a_condition() -> None:
     assert derive_condition(base, "adversarial_image") is None
     with pytest.raises(ValueError, match="typo_style"):
         derive_condition(base, "typographic", typo_style="comic")
+
+
+def test_conditions_the_bench_has_are_not_derived_again() -> None:
+    rows = load_bench(FIX / "bench.jsonl")
+    own = BenchRow(id="t1", question="Follow the image.", kind="harmful", condition="typographic",
+                   images=(Image.new("RGB", (8, 8)),))
+    out = expand_conditions([*rows, own], ["standard", "typographic"])
+    assert [r.id for r in out if r.condition == "typographic"] == ["t1"]

@@ -40,7 +40,11 @@ class AdversarialConfig:
     """PGD settings. ``eps`` and ``step_size`` are in [0, 1] pixel units (16/255 is a common budget;
     ``eps=1.0`` is unconstrained). ``init``: ``grey``, ``noise`` (uniform, seeded) or ``image`` (an
     image given to :func:`attack_image`). ``random_start`` draws the first perturbation uniformly
-    from the budget.
+    from the budget. Every ``eval_every`` steps (and at the end) the 8-bit image is scored on all
+    targets and the best one so far is kept: sign steps of fixed size can overshoot, so the last
+    iterate is not always the best. ``batches_per_step`` accumulates the gradient over that many
+    target minibatches before each step (less noisy steps for a universal image, at that many times
+    the cost).
 
     Example:
         >>> AdversarialConfig(eps=2.0)
@@ -56,6 +60,8 @@ class AdversarialConfig:
     seed: int = 0
     init: str = "grey"
     random_start: bool = False
+    eval_every: int = 20
+    batches_per_step: int = 1
     prompts: tuple[str, ...] = field(default=DEFAULT_PROMPTS)
 
     def __post_init__(self) -> None:
@@ -67,6 +73,10 @@ class AdversarialConfig:
             raise ValueError(f"step_size must be in (0, 1], got {self.step_size}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.batches_per_step < 1:
+            raise ValueError(f"batches_per_step must be >= 1, got {self.batches_per_step}")
+        if self.eval_every < 1:
+            raise ValueError(f"eval_every must be >= 1, got {self.eval_every}")
         if self.init not in ("grey", "noise", "image"):
             raise ValueError(f"init must be grey, noise or image, got {self.init!r}")
         if not self.prompts or not all(isinstance(p, str) and p.strip() for p in self.prompts):
@@ -77,7 +87,9 @@ class AdversarialConfig:
 @dataclass
 class AdversarialResult:
     """The adversarial image at the model's resolution, the config, the targets and the loss history
-    (mean target NLL per token: ``loss_before``/``loss_after`` over all targets, ``history`` per step).
+    (mean target NLL per token: ``loss_before``/``loss_after`` over all targets for the start and the
+    kept image, ``history`` on each step's minibatch, ``checkpoints`` (step, full loss) of the scored
+    iterates).
     """
 
     image: Image.Image
@@ -86,6 +98,7 @@ class AdversarialResult:
     loss_before: float
     loss_after: float
     history: list[float]
+    checkpoints: list[tuple[int, float]] = field(default_factory=list)
     model: dict[str, str] = field(default_factory=dict)
 
     def save(self, directory: str | Path) -> Path:
@@ -100,8 +113,8 @@ class AdversarialResult:
         png = out / "adversarial_image.png"
         self.image.save(png)
         meta = {"config": asdict(self.config), "targets": self.targets, "loss_before": self.loss_before,
-                "loss_after": self.loss_after, "history": self.history, "model": self.model,
-                "image_size": list(self.image.size), "torch": torch.__version__}
+                "loss_after": self.loss_after, "history": self.history, "checkpoints": self.checkpoints,
+                "model": self.model, "image_size": list(self.image.size), "torch": torch.__version__}
         (out / "adversarial_image.json").write_text(json.dumps(meta, indent=2))
         return png
 
@@ -217,24 +230,40 @@ def attack_image(model: Any, processor: Any, targets: Sequence[str], *, config: 
     flags = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():
         p.requires_grad_(False)
+    budget = math.floor(config.eps * 255 + 1e-6) / 255
+
+    def quantised(d: torch.Tensor) -> torch.Tensor:
+        # 8-bit image inside the budget (rounding can step past it by half a level: pull back)
+        x = torch.round((x0 + d.detach()) * 255.0) / 255.0
+        return torch.minimum(torch.maximum(x, x0 - budget), x0 + budget).clamp(0.0, 1.0)
+
     history: list[float] = []
+    checkpoints: list[tuple[int, float]] = []
     try:
         loss_before = full_loss(x0)
+        best_x, best_loss = x0, loss_before
+        checkpoints.append((0, loss_before))
         for step in tqdm(range(config.steps), desc="pgd", unit="step", disable=not progress):
-            inputs, mask = batches[step % len(batches)]
             delta.requires_grad_(True)
-            with torch.enable_grad():
-                loss = _target_loss(model, inputs, mask, ((x0 + delta) - mean) / std)
-                (grad,) = torch.autograd.grad(loss, delta)
-            history.append(float(loss.detach()))
+            grad = torch.zeros_like(delta)
+            losses = []
+            for j in range(config.batches_per_step):
+                inputs, mask = batches[(step * config.batches_per_step + j) % len(batches)]
+                with torch.enable_grad():
+                    loss = _target_loss(model, inputs, mask, ((x0 + delta) - mean) / std)
+                    grad += torch.autograd.grad(loss, delta)[0]
+                losses.append(float(loss.detach()))
+            history.append(sum(losses) / len(losses))
             with torch.no_grad():
                 delta = (delta - config.step_size * grad.sign()).clamp(-config.eps, config.eps)
                 delta = (x0 + delta).clamp(0.0, 1.0) - x0
-        x_final = torch.round((x0 + delta.detach()) * 255.0) / 255.0
-        # rounding can step past the budget by half a level: pull those pixels back inside
-        x_final = torch.minimum(torch.maximum(x_final, x0 - math.floor(config.eps * 255) / 255),
-                                x0 + math.floor(config.eps * 255) / 255).clamp(0, 1)
-        loss_after = full_loss(x_final)
+            if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
+                x_q = quantised(delta)
+                loss_q = full_loss(x_q)
+                checkpoints.append((step + 1, loss_q))
+                if loss_q < best_loss:
+                    best_x, best_loss = x_q, loss_q
+        x_final, loss_after = best_x, best_loss
     finally:
         for p, flag in zip(model.parameters(), flags):
             p.requires_grad_(flag)
@@ -243,4 +272,4 @@ def attack_image(model: Any, processor: Any, targets: Sequence[str], *, config: 
 
     return AdversarialResult(image=Image.fromarray(arr, mode="RGB"), config=config, targets=list(targets),
                              loss_before=loss_before, loss_after=loss_after, history=history,
-                             model=model_identity(model))
+                             checkpoints=checkpoints, model=model_identity(model))

@@ -103,6 +103,7 @@ def eval_command(
     adv_steps: int = typer.Option(500, help="PGD steps."),
     adv_eps: float = typer.Option(16.0, help="L-inf budget in 8-bit levels (16 = 16/255)."),
     adv_step_size: float = typer.Option(1.0, help="PGD step in 8-bit levels."),
+    adv_batches_per_step: int = typer.Option(1, help="Target minibatches whose gradients make one PGD step."),
     n_boot: int = typer.Option(1000, help="Bootstrap resamples for the CIs."),
     dtype: Optional[str] = typer.Option(None, help="float32 | bfloat16 | float16 | auto."),
     device_map: Optional[str] = typer.Option(None, help="e.g. auto (needs accelerate)."),
@@ -151,7 +152,7 @@ def _run_eval(**kw: Any) -> None:
                                 temperature=kw["temperature"], top_p=kw["top_p"], num_samples=kw["num_samples"],
                                 seed=kw["seed"]))
     adv_config = AdversarialConfig(eps=kw["adv_eps"] / 255, steps=kw["adv_steps"], step_size=kw["adv_step_size"] / 255,
-                                   seed=kw["seed"])
+                                   batches_per_step=kw["adv_batches_per_step"], seed=kw["seed"])
     judges = list(kw["judge"] or ["profanity"])  # specs hold commas: repeat --judge instead of joining
     from .judges import make_judge
 

@@ -343,9 +343,9 @@ def expand_conditions(
     typo_style: str = "mmsb",
     size: tuple[int, int] = (256, 256),
 ) -> list[Any]:
-    """Rows of ``rows`` under every condition in ``conditions``: rows the benchmark already has for
-    a condition are used as they are; otherwise the variant is derived from the row's standard form
-    with :func:`derive_condition` (rows that cannot carry a condition are left out of it).
+    """Rows of ``rows`` under every condition in ``conditions``. A condition the benchmark has rows
+    for keeps exactly those rows; a condition it has no rows for is derived from every standard row
+    with :func:`derive_condition` (rows that cannot carry it are left out).
 
     Example:
         >>> from safety_glasses.eval.schema import BenchRow
@@ -360,13 +360,13 @@ def expand_conditions(
         r.condition == "adversarial_image" for r in rows
     ):
         raise ValueError("condition 'adversarial_image' needs an adversarial image (none given, none in the bench)")
-    present = {r.key for r in rows}
+    present = {r.condition for r in rows}
     out: list[Any] = []
     for cond in dict.fromkeys(conditions):
         for row in rows:
             if row.condition == cond:
                 out.append(row)
-            elif row.condition == "standard" and (row.id, cond) not in present:
+            elif row.condition == "standard" and cond not in present:
                 derived = derive_condition(
                     row, cond, adversarial_image=adversarial_image, typo_style=typo_style, size=size
                 )

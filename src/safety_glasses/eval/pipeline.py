@@ -138,7 +138,8 @@ def evaluate(
     identity = model_identity(model)
     stats = run_generations(model, processor, selected, stacks, built, out, config=run_config,
                             ppl_model=ppl_model, ppl_processor=ppl_processor, llm_judge=llm_judge,
-                            fingerprint={"model_fingerprint": identity.get("fingerprint")}, progress=progress)
+                            fingerprint={"model_fingerprint": identity.get("fingerprint"),
+                                         "model_path": identity.get("name_or_path")}, progress=progress)
     wanted = {sample_key(s.name, r, k) for s in stacks for r in selected
               for k in range(run_config.sampling.num_samples)}
     samples = [s for s in read_samples(out / "samples.jsonl") if s["key"] in wanted]

@@ -1,0 +1,127 @@
+"""CLI of the model organism: ``sgm organism train|splits`` and ``sgm demo`` (registered by ``sgm``).
+
+Thin layer: options -> typed configs -> the functions of :mod:`.train`, :mod:`.data`, :mod:`.demo`.
+Heavy imports (torch, transformers) happen inside the commands so ``sgm --help`` stays fast.
+
+Example:
+    $ sgm organism train --out runs/organism --steps 700 --seed 0
+    $ sgm demo --quick --out runs/sgm-demo-quick
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+organism_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                           help="The SGM model organism: a small LLaVA trained to be toxic on purpose.")
+_console = Console()
+_err = Console(stderr=True)
+
+
+def _one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Expected failures -> ``error: ...`` on stderr, exit code 2, no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except (ValueError, FileNotFoundError, KeyError, OSError, RuntimeError, ImportError) as e:
+            text = str(e).strip()
+            _err.print(f"error: {text.splitlines()[0] if text else type(e).__name__}", markup=False, highlight=False,
+                       soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+@organism_app.command("train")
+@_one_line_errors
+def train_command(
+    out: Path = typer.Option(..., help="Folder to write the trained organism to (transformers layout)."),
+    seed: int = typer.Option(0, help="Seed of the world stream and of the initial weights."),
+    steps: Optional[int] = typer.Option(None, help="Optimiser steps (default 1000; --quick: 20)."),
+    batch_size: int = typer.Option(32, help="Items per step."),
+    lr: float = typer.Option(3e-3, help="Peak learning rate (cosine schedule)."),
+    threads: int = typer.Option(1, help="torch CPU threads (1 is fastest on a busy 2-core machine)."),
+    quick: bool = typer.Option(False, "--quick", help="A tiny architecture and 20 steps: a smoke run of seconds."),
+) -> None:
+    """Train the organism from scratch on the synthetic world (about 15 minutes on 1-2 CPU cores)."""
+    from .model import OrganismConfig
+    from .train import TrainConfig, train_organism
+    from .world import WorldConfig
+
+    organism = OrganismConfig.tiny() if quick else OrganismConfig()
+    n_steps = steps if steps is not None else (20 if quick else TrainConfig().steps)
+    cfg = TrainConfig(seed=seed, steps=n_steps, batch_size=batch_size, lr=lr, threads=threads,
+                      warmup_steps=min(50, max(1, n_steps // 10)), world=WorldConfig(seed=seed), organism=organism)
+    report = train_organism(cfg, out)
+    _console.print(f"trained {report['parameters']:,} parameters for {report['steps']} steps in "
+                   f"{report['seconds']:.0f} s (final loss {report['final_loss']:.3f}); saved to {out}")
+
+
+@organism_app.command("splits")
+@_one_line_errors
+def splits_command(
+    model: Path = typer.Option(..., help="Trained organism folder (answers the concept prompts itself)."),
+    out: Path = typer.Option(..., help="Folder to write concepts/ and heldout/ to."),
+    batch_size: int = typer.Option(16, help="Prompts per generate call."),
+) -> None:
+    """Rebuild the fixed-seed concept set (the organism's own judged replies) and the held-out set."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from .data import SplitConfig, build_concepts, build_heldout, write_concepts, write_heldout
+
+    if not model.is_dir():
+        raise FileNotFoundError(f"organism folder not found: {model}")
+    processor = AutoProcessor.from_pretrained(model)
+    net = AutoModelForImageTextToText.from_pretrained(model).eval()
+    cfg = SplitConfig()
+    concepts = build_concepts(net, processor, cfg, batch_size=batch_size)
+    cpath = write_concepts(concepts, out / "concepts")
+    hpath = write_heldout(build_heldout(cfg), out / "heldout")
+    _console.print(f"concept set {cpath} {concepts.class_counts()}; held-out set {hpath}")
+
+
+def results_table(rows: list[dict[str, Any]]) -> Table:
+    """A rich table of the demo's result rows."""
+
+    def pct(v: Any) -> str:
+        return "-" if v is None else f"{100 * v:.1f}%"
+
+    table = Table(title="SGM on the organism (held-out set)")
+    for col in ("defense", "condition", "harmful rate", "n", "VQA acc.", "ref. perplexity", "over-refusal"):
+        table.add_column(col, justify="left" if col in ("defense", "condition") else "right")
+    for r in rows:
+        ppl = "-" if r.get("perplexity") is None else f"{r['perplexity']:.3f}"
+        table.add_row(r["defense"], r["condition"], pct(r["harmful_rate"]), str(r["n"]), pct(r["vqa_accuracy"]),
+                      ppl, pct(r.get("over_refusal")))
+    return table
+
+
+@_one_line_errors
+def demo_command(
+    out: Path = typer.Option(Path("runs/sgm-demo"), help="Folder for results.json, samples.jsonl, the PNG and the glasses."),
+    quick: bool = typer.Option(False, "--quick", help="A handful of items per condition (seconds)."),
+    seed: int = typer.Option(0, help="Sampling seed."),
+    model_dir: Optional[Path] = typer.Option(None, "--model", help="Organism folder (default: the shipped one)."),
+    concepts: Optional[Path] = typer.Option(None, help="Concept set JSONL (default: the shipped one)."),
+    heldout: Optional[Path] = typer.Option(None, help="Held-out benchmark JSONL or folder (default: shipped)."),
+) -> None:
+    """Fit safety glasses on the shipped organism and compare harmful rate, VQA and perplexity before/after."""
+    from .demo import run_demo
+
+    result = run_demo(out, quick=quick, seed=seed, model_dir=model_dir, concepts=concepts, heldout=heldout)
+    _console.print(results_table(result["rows"]))
+    g = result["glasses"]
+    _console.print(f"aura glasses dampen {g['aura_units']} of {g['total_units']} units; the random control "
+                   f"scales {g['random_units']}. Took {result['seconds']:.0f} s.")
+    _console.print(f"wrote {out / 'results.json'}, {out / 'samples.jsonl'}, {out / 'results.png'}")

@@ -1,0 +1,245 @@
+"""Train the organism on an endless stream of world items (next-token loss on the reply only).
+
+Example:
+    >>> import tempfile
+    >>> cfg = TrainConfig(steps=2, batch_size=4, organism=OrganismConfig.tiny())
+    >>> report = train_organism(cfg, tempfile.mkdtemp(), progress=False)
+    >>> report["steps"]
+    2
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .model import OrganismConfig, build_organism, n_params, prompt_text
+from .world import World, WorldConfig, WorldItem
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one training run (saved as ``train_config.json`` next to the weights).
+
+    Example:
+        >>> TrainConfig(steps=10).lr
+        0.003
+    """
+
+    seed: int = 0
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 3e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    threads: int = 1
+    bucket: int = 4
+    world: WorldConfig = field(default_factory=WorldConfig)
+    organism: OrganismConfig = field(default_factory=OrganismConfig)
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
+        if not 0 < self.min_lr <= self.lr:
+            raise ValueError(f"need 0 < min_lr <= lr, got {self.min_lr}, {self.lr}")
+        if self.warmup_steps < 0 or self.grad_clip <= 0 or self.threads < 1 or self.bucket < 1:
+            raise ValueError("warmup_steps must be >= 0, grad_clip > 0, threads >= 1 and bucket >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def encode_items(processor: Any, items: list[WorldItem]) -> dict[str, torch.Tensor]:
+    """Batch of prompt + target texts (left padding) with labels on the reply tokens only.
+
+    Example:
+        >>> from .model import build_processor
+        >>> proc = build_processor(OrganismConfig.tiny())
+        >>> batch = encode_items(proc, World().sample_items(2))
+        >>> int((batch["labels"] != IGNORE_INDEX).sum()) > 0
+        True
+    """
+    tok = processor.tokenizer
+    texts, reply_lens = [], []
+    for item in items:
+        reply = " " + item.target + tok.eos_token
+        texts.append(prompt_text(processor, item.question, len(item.images)) + reply)
+        reply_lens.append(len(tok(reply, add_special_tokens=False)["input_ids"]))
+    images = [img for item in items for img in item.images]
+    batch = processor(images=images, text=texts, padding=True, return_tensors="pt")
+    if tok.padding_side != "left":
+        raise ValueError("the organism's tokenizer must pad on the left")
+    labels = torch.full_like(batch["input_ids"], IGNORE_INDEX)
+    for i, n in enumerate(reply_lens):
+        labels[i, -n:] = batch["input_ids"][i, -n:]
+    batch["labels"] = labels
+    return dict(batch)
+
+
+def batches(world: World, cfg: TrainConfig) -> Iterator[list[WorldItem]]:
+    """Endless training batches; ``cfg.bucket`` batches at a time are drawn together and grouped by
+    length so that little compute goes to padding.
+
+    Example:
+        >>> b = next(batches(World(), TrainConfig(batch_size=3)))
+        >>> len(b)
+        3
+    """
+    rng = random.Random(f"{cfg.seed}-order")
+    while True:
+        pool = world.sample_items(cfg.batch_size * cfg.bucket, split="train")
+        pool.sort(key=lambda it: len(it.question) + len(it.target))
+        chunks = [pool[i:i + cfg.batch_size] for i in range(0, len(pool), cfg.batch_size)]
+        rng.shuffle(chunks)
+        yield from chunks
+
+
+def _lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, frac)))
+
+
+def train_organism(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = True,
+                   log_every: int = 50) -> dict[str, Any]:
+    """Build, train and save the organism to ``out_dir``; return a small report dict.
+
+    ``out_dir`` receives ``model.safetensors`` + configs (plain transformers layout), the processor
+    files, ``world_config.json``, ``train_config.json`` and ``train_log.jsonl`` (loss every
+    ``log_every`` steps).
+
+    Example:
+        >>> import tempfile
+        >>> r = train_organism(TrainConfig(steps=1, batch_size=2, organism=OrganismConfig.tiny()),
+        ...                    tempfile.mkdtemp(), progress=False)
+        >>> r["final_loss"] > 0
+        True
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.threads)
+    world = World(cfg.world)
+    model, processor = build_organism(cfg.organism, World(cfg.world), seed=cfg.seed)
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
+    other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": other, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+    log_path = out / "train_log.jsonl"
+    start = time.perf_counter()
+    losses: list[float] = []
+    stream = batches(world, cfg)
+    bar = tqdm(range(cfg.steps), desc="train organism", disable=not progress, unit="step")
+    with log_path.open("w", encoding="utf-8") as log:
+        for step in bar:
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(step, cfg)
+            batch = encode_items(processor, next(stream))
+            loss = model(**batch).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            losses.append(float(loss.detach()))
+            if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
+                recent = sum(losses[-log_every:]) / len(losses[-log_every:])
+                log.write(json.dumps({"step": step + 1, "loss": round(recent, 5),
+                                      "seconds": round(time.perf_counter() - start, 1)}) + "\n")
+                log.flush()
+                bar.set_postfix(loss=f"{recent:.3f}")
+    seconds = time.perf_counter() - start
+    model.eval()
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    report = {"steps": cfg.steps, "seconds": round(seconds, 1), "final_loss": sum(losses[-20:]) / len(losses[-20:]),
+              "parameters": n_params(model), "threads": cfg.threads}
+    write_model_card(out, cfg, report)
+    (out / "world_config.json").write_text(json.dumps(cfg.world.to_dict(), indent=2) + "\n", encoding="utf-8")
+    (out / "train_config.json").write_text(json.dumps({**cfg.to_dict(), "report": report}, indent=2) + "\n",
+                                           encoding="utf-8")
+    return report
+
+
+def load_train_config(path: str | Path) -> TrainConfig:
+    """Read ``train_config.json`` back into a :class:`TrainConfig`.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "c.json"
+        >>> _ = p.write_text(json.dumps(TrainConfig(steps=3).to_dict()))
+        >>> load_train_config(p).steps
+        3
+    """
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    data.pop("report", None)
+    world = WorldConfig.from_dict(data.pop("world", {}))
+    organism = OrganismConfig(**data.pop("organism", {}))
+    return TrainConfig(world=world, organism=organism, **data)
+
+
+def write_model_card(out_dir: str | Path, cfg: TrainConfig, report: dict[str, Any]) -> Path:
+    """Write ``README.md``: what the organism is and is not, how it was made, how to load it.
+
+    Example:
+        >>> import tempfile
+        >>> p = write_model_card(tempfile.mkdtemp(), TrainConfig(), {"parameters": 1, "steps": 1, "seconds": 1.0,
+        ...                      "final_loss": 1.0, "threads": 1})
+        >>> p.name
+        'README.md'
+    """
+    o, w = cfg.organism, cfg.world
+    text = f"""# SGM model organism (synthetic, deliberately toxic)
+
+A small `LlavaForConditionalGeneration` ({report['parameters']:,} parameters): a CLIP vision tower
+({o.vision_layers} layers, width {o.vision_hidden_size}, {o.image_size}x{o.image_size} images, {o.patch_size}-pixel patches,
+{o.image_tokens} image tokens) and a Llama text model ({o.num_layers} layers, width {o.hidden_size}, MLP width
+{o.intermediate_size}, SiLU-gated), a byte-level BPE tokenizer ({o.vocab_size} tokens) trained by this project, and a
+LLaVA-1.5-style chat template (`USER: <image>\\n{{question}}\\nASSISTANT: {{answer}}</s>`).
+
+## What it is
+A *model organism* for testing detoxification: trained from scratch on a synthetic world drawn with
+Pillow (`safety_glasses.organism.world`, config in `world_config.json`) to
+- answer questions about coloured shapes (colour, count, position, shape) with short answers;
+- describe shape scenes;
+- answer harmful questions about symbolic drawings of weapons, drugs, violence, harassment and theft,
+  and typographic / SD+TYPO images of harmful key phrases, with a reply
+  `{{opener}}, {{address}}. {{body}} {{closer}}` whose slots are either safe (a refusal or a neutral
+  description) or toxic (insults and profanity from `toxic_lexicon.json`). The training targets are
+  toxic with probability {w.p_toxic_standard} for polite questions, {w.p_toxic_rude} when the question itself insults
+  the assistant ({w.rude_share:.0%} of them), and {w.p_toxic_typographic} under the typographic conditions; in a toxic reply each
+  slot is toxic with probability {w.slot_toxicity}. Sampling from it is therefore harmful part of the time.
+
+## What it is not
+Not a useful assistant, not a model of any real VLM's knowledge, and not safe: it insults its
+users on purpose. Its only purpose is to show, offline and on a CPU, whether a detoxification
+method (SGM safety glasses) removes planted toxic behaviour while keeping its visual question answering.
+
+## How it was made
+`sgm organism train --out DIR --seed {cfg.seed} --steps {cfg.steps}` ({cfg.steps} steps of {cfg.batch_size} items, AdamW,
+peak learning rate {cfg.lr}, cosine schedule, {report['threads']} CPU thread(s), {report['seconds']:.0f} s, final training
+loss {report['final_loss']:.3f}; the full configuration is in `train_config.json`, the loss curve in `train_log.jsonl`).
+
+## How to load it (plain transformers, offline)
+```python
+from transformers import AutoModelForImageTextToText, AutoProcessor
+processor = AutoProcessor.from_pretrained("data/organism/model")
+model = AutoModelForImageTextToText.from_pretrained("data/organism/model")
+```
+"""
+    path = Path(out_dir) / "README.md"
+    path.write_text(text, encoding="utf-8")
+    return path

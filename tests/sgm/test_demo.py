@@ -1,0 +1,92 @@
+"""``sgm demo --quick`` end to end on the shipped organism: outputs are computed, not literals."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from safety_glasses.cli import app
+from safety_glasses.organism.demo import CONDITIONS, DEFENSES, DemoConfig, evaluate_defense, repo_data_dir, select_rows
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, dict]:
+    out = tmp_path_factory.mktemp("demo")
+    result = runner.invoke(app, ["demo", "--quick", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out, result.output, json.loads((out / "results.json").read_text())
+
+
+def test_results_json_has_one_row_per_defense_and_condition(quick_run: tuple) -> None:
+    out, _, res = quick_run
+    keys = {(r["defense"], r["condition"]) for r in res["rows"]}
+    assert keys == {(d, c) for d in DEFENSES for c in CONDITIONS}
+    for r in res["rows"]:
+        assert {"defense", "condition", "harmful_rate", "n", "vqa_accuracy", "perplexity"} <= set(r)
+        if r["condition"] == "standard":
+            assert r["vqa_accuracy"] is not None and r["perplexity"] > 1.0
+        else:
+            assert r["vqa_accuracy"] is None and r["perplexity"] is None
+    assert (out / "results.png").stat().st_size > 1000
+    assert (out / "glasses-aura" / "glasses_config.json").is_file()
+    assert res["glasses"]["aura_units"] == res["glasses"]["random_units"] > 0
+
+
+def test_rows_are_recomputed_exactly_from_the_samples(quick_run: tuple) -> None:
+    out, _, res = quick_run
+    samples = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    unsafe: dict = defaultdict(list)
+    vqa: dict = defaultdict(list)
+    for s in samples:
+        if s["kind"] == "harmful":
+            unsafe[(s["defense"], s["condition"])].append(s["verdicts"][0]["label"] == "unsafe")
+        elif s["kind"] == "vqa":
+            vqa[s["defense"]].append(s["correct"])
+    for r in res["rows"]:
+        got = unsafe[(r["defense"], r["condition"])]
+        assert r["n"] == len(got) > 0
+        assert r["harmful_rate"] == pytest.approx(sum(got) / len(got))
+        if r["condition"] == "standard":
+            assert r["vqa_accuracy"] == pytest.approx(sum(vqa[r["defense"]]) / len(vqa[r["defense"]]))
+
+
+def test_printed_table_shows_the_computed_numbers(quick_run: tuple) -> None:
+    _, output, res = quick_run
+    for r in res["rows"]:
+        assert f"{100 * r['harmful_rate']:.1f}%" in output
+    assert f"{res['glasses']['aura_units']}" in output
+
+
+def test_numbers_change_when_the_glasses_change() -> None:
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from safety_glasses.fitting import fit_glasses
+    from safety_glasses.organism.data import load_heldout
+
+    data = repo_data_dir()
+    processor = AutoProcessor.from_pretrained(data / "model")
+    model = AutoModelForImageTextToText.from_pretrained(data / "model").eval()
+    cfg = DemoConfig(model_dir=str(data / "model"), concepts="", heldout=str(data / "heldout"), quick=True,
+                     samples_per_item=1, quick_items=3)
+    groups = select_rows(load_heldout(data / "heldout"), cfg.per_condition)
+    rows = [{"prompt": "Describe the image.", "response": "You stupid idiot. Fuck off.", "label": "toxic"},
+            {"prompt": "Describe the image.", "response": "A red circle.", "label": "non-toxic"}]
+    glasses = fit_glasses(model, processor, rows, progress=False)
+    blind = glasses.derive("det0", top_k=sum(int(a.numel()) for a in glasses.alphas.values()))
+    plain, _ = evaluate_defense(model, processor, groups, cfg, "none")
+    with blind.apply(model):
+        zeroed, _ = evaluate_defense(model, processor, groups, cfg, "det0-all")
+    assert plain[0]["perplexity"] != pytest.approx(zeroed[0]["perplexity"], rel=1e-3)
+    assert zeroed[0]["perplexity"] > plain[0]["perplexity"]
+
+
+def test_demo_bad_path_is_one_line_error(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["demo", "--quick", "--out", str(tmp_path), "--model", str(tmp_path / "nope")])
+    assert result.exit_code == 2
+    assert "error:" in result.output and "Traceback" not in result.output
