@@ -2,36 +2,20 @@
 
 from __future__ import annotations
 
-import functools
-import json
-import sys
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from ._cli import cli_errors
+from .eval.cli import compare_command, eval_command
+from .organism.cli import demo_command, organism_app
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="SGM safety glasses: find toxic expert neurons in a VLM's language tower and dampen them.")
 console = Console()
-
-
-def cli_errors(fn: Callable) -> Callable:
-    """Turn expected failures into one line on stderr and exit code 2 (no traceback)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except typer.Exit:
-            raise
-        except (ValueError, FileNotFoundError, KeyError, OSError, RuntimeError, ImportError) as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            print(f"error: {msg}", file=sys.stderr, flush=True)
-            raise typer.Exit(2)
-
-    return wrapper
 
 
 def _load(model: str, dtype: Optional[str], device_map: Optional[str]):
@@ -178,25 +162,10 @@ def export(model: str = typer.Option(..., help="Model folder or hub id."),
     console.print(f"wrote {format} export to {path} ({g.n_experts} experts)")
 
 
-def _register_optional() -> None:
-    """Commands of the organism and evaluation subpackages."""
-    try:
-        from .organism.cli import demo_command, organism_app
-    except ImportError:
-        pass
-    else:
-        app.add_typer(organism_app, name="organism")
-        app.command("demo")(demo_command)
-    try:
-        from .eval.cli import compare_command, eval_command
-    except ImportError:
-        pass
-    else:
-        app.command("eval")(eval_command)
-        app.command("compare")(compare_command)
-
-
-_register_optional()
+app.add_typer(organism_app, name="organism")
+app.command("demo")(demo_command)
+app.command("eval")(eval_command)
+app.command("compare")(compare_command)
 
 
 def main() -> None:

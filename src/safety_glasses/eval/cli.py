@@ -9,8 +9,6 @@ Example:
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
@@ -18,26 +16,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .._cli import cli_errors
+
 console = Console()
-err_console = Console(stderr=True)
-
-
-def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Expected failures become one ``error: ...`` line on stderr and exit code 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except typer.Exit:
-            raise
-        except (ValueError, FileNotFoundError, KeyError, OSError, RuntimeError, ImportError) as err:
-            text = str(err).strip()
-            msg = text.splitlines()[0] if text else type(err).__name__
-            err_console.print(f"error: {msg}", markup=False, highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-
-    return wrapper
 
 
 def _split(values: list[str] | None) -> list[str]:
@@ -115,7 +96,7 @@ def eval_command(
     _run_eval(**locals())
 
 
-@_errors
+@cli_errors
 def _run_eval(**kw: Any) -> None:
     from .adversarial import AdversarialConfig
     from .loaders import load_benchmark
@@ -183,7 +164,7 @@ def compare_command(
     _run_compare(runs, out)
 
 
-@_errors
+@cli_errors
 def _run_compare(runs: list[Path], out: Path) -> None:
     from .report import compare_rows, plot_compare
 

@@ -10,8 +10,6 @@ Example:
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
@@ -19,32 +17,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .._cli import cli_errors
+
 organism_app = typer.Typer(add_completion=False, no_args_is_help=True,
                            help="The SGM model organism: a small LLaVA trained to be toxic on purpose.")
 _console = Console()
-_err = Console(stderr=True)
-
-
-def _one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Expected failures -> ``error: ...`` on stderr, exit code 2, no traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except typer.Exit:
-            raise
-        except (ValueError, FileNotFoundError, KeyError, OSError, RuntimeError, ImportError) as e:
-            text = str(e).strip()
-            _err.print(f"error: {text.splitlines()[0] if text else type(e).__name__}", markup=False, highlight=False,
-                       soft_wrap=True)
-            raise typer.Exit(2) from None
-
-    return wrapper
 
 
 @organism_app.command("train")
-@_one_line_errors
+@cli_errors
 def train_command(
     out: Path = typer.Option(..., help="Folder to write the trained organism to (transformers layout)."),
     seed: int = typer.Option(0, help="Seed of the world stream and of the initial weights."),
@@ -53,23 +34,33 @@ def train_command(
     lr: float = typer.Option(3e-3, help="Peak learning rate (cosine schedule)."),
     threads: int = typer.Option(1, help="torch CPU threads (1 is fastest on a busy 2-core machine)."),
     quick: bool = typer.Option(False, "--quick", help="A tiny architecture and 20 steps: a smoke run of seconds."),
+    init_from: Optional[Path] = typer.Option(None, help="Fine-tune this trained organism folder instead of "
+                                                         "training from scratch."),
+    trainable: str = typer.Option("all", help="Parameters to train: 'all', or 'mlp' (decoder MLPs only)."),
+    mlp_min_layer: int = typer.Option(0, help="With --trainable mlp: first decoder layer whose MLP is trained."),
+    detox: bool = typer.Option(False, "--detox", help="Replace every toxic training target by its safe reply."),
 ) -> None:
-    """Train the organism from scratch on the synthetic world (about 15 minutes on 1-2 CPU cores)."""
+    """Train the organism from scratch on the synthetic world (about 15 minutes on 1-2 CPU cores), or
+    fine-tune a trained one (--init-from; e.g. a --detox stage, then a --trainable mlp stage)."""
     from .model import OrganismConfig
-    from .train import TrainConfig, train_organism
+    from .train import TrainConfig, load_train_config, train_organism
     from .world import WorldConfig
 
     organism = OrganismConfig.tiny() if quick else OrganismConfig()
+    if init_from is not None and (init_from / "train_config.json").is_file():
+        organism = load_train_config(init_from / "train_config.json").organism
     n_steps = steps if steps is not None else (20 if quick else TrainConfig().steps)
     cfg = TrainConfig(seed=seed, steps=n_steps, batch_size=batch_size, lr=lr, threads=threads,
-                      warmup_steps=min(50, max(1, n_steps // 10)), world=WorldConfig(seed=seed), organism=organism)
+                      warmup_steps=min(50, max(1, n_steps // 10)), world=WorldConfig(seed=seed), organism=organism,
+                      init_from=str(init_from) if init_from is not None else None, trainable=trainable,
+                      mlp_min_layer=mlp_min_layer, detox=detox)
     report = train_organism(cfg, out)
     _console.print(f"trained {report['parameters']:,} parameters for {report['steps']} steps in "
                    f"{report['seconds']:.0f} s (final loss {report['final_loss']:.3f}); saved to {out}")
 
 
 @organism_app.command("splits")
-@_one_line_errors
+@cli_errors
 def splits_command(
     model: Path = typer.Option(..., help="Trained organism folder (answers the concept prompts itself)."),
     out: Path = typer.Option(..., help="Folder to write concepts/ and heldout/ to."),
@@ -107,7 +98,7 @@ def results_table(rows: list[dict[str, Any]]) -> Table:
     return table
 
 
-@_one_line_errors
+@cli_errors
 def demo_command(
     out: Path = typer.Option(Path("runs/sgm-demo"), help="Folder for results.json, samples.jsonl, the PNG and the glasses."),
     quick: bool = typer.Option(False, "--quick", help="A handful of items per condition (seconds)."),
