@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 import numpy as np
@@ -34,12 +35,12 @@ from fggm.mimo import jain
 BASELINES = ("random", "round-robin", "greedy", "pf", "exhaustive")
 
 
-class Scheduler:
+class Scheduler(ABC):
     """Base class: a scheduler picks one subset index per TTI.
 
     Example:
-        >>> Scheduler().name
-        'scheduler'
+        >>> RoundRobinScheduler().name
+        'round-robin'
     """
 
     name = "scheduler"
@@ -47,9 +48,9 @@ class Scheduler:
     def reset(self, env: Any) -> None:
         """Called at the start of every episode."""
 
+    @abstractmethod
     def select(self, obs: np.ndarray, env: Any) -> int:
         """Return the index of the subset to schedule this TTI."""
-        raise NotImplementedError
 
     def observe(self, info: dict[str, Any]) -> None:
         """Feedback after the TTI (the step's info dict)."""
