@@ -113,3 +113,15 @@ def test_bad_concept_row_fails_before_loading_the_model(tmp_path):
                  + json.dumps({"id": "b", "prompt": "p", "response": "r", "label": "maybe"}) + "\n")
     r = runner.invoke(app, ["fit", "--model", "does-not-exist", "--concepts", str(p), "--out", str(tmp_path / "g")])
     assert r.exit_code == 2 and "b" in r.output and "label" in r.output.lower()
+
+
+def test_fit_with_device_map_auto_and_bf16(workdir, tmp_path):
+    pytest.importorskip("accelerate")
+    r = runner.invoke(app, ["fit", "--model", str(workdir / "model"), "--concepts", str(workdir / "concepts.jsonl"),
+                            "--out", str(tmp_path / "g"), "--dtype", "bfloat16", "--device-map", "auto",
+                            "--layers", "0", "--record-dir", str(tmp_path / "rec")])
+    assert r.exit_code == 0, r.output
+    g = Glasses.from_pretrained(tmp_path / "g")
+    assert [s.layer for s in g.sites] == [0]
+    assert float(g.aurocs[g.sites[0].module_name][5]) == 1.0  # the planted expert, found in bf16 too
+    assert (tmp_path / "rec" / "recording.json").is_file()
