@@ -132,6 +132,33 @@ def test_training_runs_and_lowers_the_loss(tmp_path: Path) -> None:
     assert AutoProcessor.from_pretrained(tmp_path).tokenizer.image_token == "<image>"
 
 
+def test_staged_fine_tune_trains_only_the_decoder_mlps_and_detox_stream_is_safe(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from safety_glasses.organism.train import is_decoder_mlp, load_train_config
+
+    detox = TrainConfig(detox=True, world=WorldConfig(seed=3))
+    items = World(detox.stream_world).sample_items(200, split="train", kind="harmful")
+    assert not any(i.toxic_target for i in items)
+    assert any(i.toxic_target for i in World(detox.world).sample_items(200, split="train", kind="harmful"))
+    base = TrainConfig(steps=2, batch_size=4, organism=OrganismConfig.tiny())
+    train_organism(base, tmp_path / "a", progress=False)
+    stage = TrainConfig(steps=3, batch_size=4, lr=1e-2, warmup_steps=1, organism=OrganismConfig.tiny(),
+                        init_from=str(tmp_path / "a"), trainable="mlp", mlp_min_layer=1)
+    report = train_organism(stage, tmp_path / "b", progress=False)
+    before, after = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert changed and all(is_decoder_mlp(n, 1) for n in changed)
+    assert not any(is_decoder_mlp(n, 0) and ".layers.0." in n for n in changed)
+    assert 0 < report["trained_parameters"] < report["parameters"]
+    history = json.loads((tmp_path / "b" / "train_config.json").read_text())["history"]
+    assert [h["steps"] for h in history] == [2]
+    assert load_train_config(tmp_path / "b" / "train_config.json").trainable == "mlp"
+    assert "--trainable mlp --mlp-min-layer 1" in (tmp_path / "b" / "README.md").read_text()
+    with pytest.raises(ValueError):
+        TrainConfig(trainable="attention")
+
+
 @pytest.fixture(scope="module")
 def shipped() -> tuple:
     from transformers import AutoModelForImageTextToText, AutoProcessor

@@ -15,7 +15,7 @@ import math
 import random
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from .model import OrganismConfig, build_organism, n_params, prompt_text
 from .world import World, WorldConfig, WorldItem
 
 IGNORE_INDEX = -100
+TRAINABLE: tuple[str, ...] = ("all", "mlp")
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,10 @@ class TrainConfig:
     grad_clip: float = 1.0
     threads: int = 1
     bucket: int = 4
+    init_from: str | None = None
+    trainable: str = "all"
+    mlp_min_layer: int = 0
+    detox: bool = False
     world: WorldConfig = field(default_factory=WorldConfig)
     organism: OrganismConfig = field(default_factory=OrganismConfig)
 
@@ -57,6 +62,22 @@ class TrainConfig:
             raise ValueError(f"need 0 < min_lr <= lr, got {self.min_lr}, {self.lr}")
         if self.warmup_steps < 0 or self.grad_clip <= 0 or self.threads < 1 or self.bucket < 1:
             raise ValueError("warmup_steps must be >= 0, grad_clip > 0, threads >= 1 and bucket >= 1")
+        if self.trainable not in TRAINABLE:
+            raise ValueError(f"trainable must be one of {TRAINABLE}, got {self.trainable!r}")
+        if self.mlp_min_layer < 0:
+            raise ValueError(f"mlp_min_layer must be >= 0, got {self.mlp_min_layer}")
+
+    @property
+    def stream_world(self) -> WorldConfig:
+        """The world the batches come from: ``world``, with every harmful target safe when ``detox``.
+
+        Example:
+            >>> TrainConfig(detox=True).stream_world.p_toxic_rude
+            0.0
+        """
+        if not self.detox:
+            return self.world
+        return replace(self.world, p_toxic_standard=0.0, p_toxic_rude=0.0, p_toxic_typographic=0.0)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -107,6 +128,21 @@ def batches(world: World, cfg: TrainConfig) -> Iterator[list[WorldItem]]:
         yield from chunks
 
 
+def is_decoder_mlp(name: str, min_layer: int = 0) -> bool:
+    """Whether parameter ``name`` belongs to the MLP (gate/up/down projections) of a language-model decoder
+    layer with index ``>= min_layer``.
+
+    Example:
+        >>> is_decoder_mlp("model.language_model.layers.2.mlp.up_proj.weight", min_layer=1)
+        True
+        >>> is_decoder_mlp("model.vision_tower.encoder.layers.0.mlp.fc1.weight")
+        False
+    """
+    if "language_model." not in name or ".mlp." not in name or ".layers." not in name:
+        return False
+    return int(name.split(".layers.")[1].split(".")[0]) >= min_layer
+
+
 def _lr_at(step: int, cfg: TrainConfig) -> float:
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
@@ -132,11 +168,25 @@ def train_organism(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = Tr
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
-    world = World(cfg.world)
-    model, processor = build_organism(cfg.organism, World(cfg.world), seed=cfg.seed)
+    world = World(cfg.stream_world)
+    if cfg.init_from is not None:
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        if not Path(cfg.init_from).is_dir():
+            raise FileNotFoundError(f"init_from folder not found: {cfg.init_from}")
+        processor = AutoProcessor.from_pretrained(cfg.init_from)
+        model = AutoModelForImageTextToText.from_pretrained(cfg.init_from)
+        torch.manual_seed(cfg.seed)
+    else:
+        model, processor = build_organism(cfg.organism, World(cfg.world), seed=cfg.seed)
     model.train()
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
-    other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+    for name, p in model.named_parameters():
+        p.requires_grad_(cfg.trainable == "all" or is_decoder_mlp(name, cfg.mlp_min_layer))
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not trained:
+        raise ValueError(f"no parameter is trainable with trainable={cfg.trainable!r}, mlp_min_layer={cfg.mlp_min_layer}")
+    decay = [p for n, p in trained if p.ndim >= 2 and "embed" not in n]
+    other = [p for n, p in trained if not (p.ndim >= 2 and "embed" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": other, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
     log_path = out / "train_log.jsonl"
@@ -152,7 +202,7 @@ def train_organism(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = Tr
             loss = model(**batch).loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_([p for _, p in trained], cfg.grad_clip)
             opt.step()
             losses.append(float(loss.detach()))
             if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
@@ -163,13 +213,18 @@ def train_organism(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = Tr
                 bar.set_postfix(loss=f"{recent:.3f}")
     seconds = time.perf_counter() - start
     model.eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
+    history = _history(cfg.init_from)
     report = {"steps": cfg.steps, "seconds": round(seconds, 1), "final_loss": sum(losses[-20:]) / len(losses[-20:]),
-              "parameters": n_params(model), "threads": cfg.threads}
-    write_model_card(out, cfg, report)
+              "parameters": n_params(model), "trained_parameters": sum(p.numel() for _, p in trained),
+              "threads": cfg.threads}
+    write_model_card(out, cfg, report, history)
     (out / "world_config.json").write_text(json.dumps(cfg.world.to_dict(), indent=2) + "\n", encoding="utf-8")
-    (out / "train_config.json").write_text(json.dumps({**cfg.to_dict(), "report": report}, indent=2) + "\n",
+    (out / "train_config.json").write_text(json.dumps({**cfg.to_dict(), "report": report, "history": history},
+                                                      indent=2) + "\n",
                                            encoding="utf-8")
     return report
 
@@ -186,12 +241,41 @@ def load_train_config(path: str | Path) -> TrainConfig:
     """
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     data.pop("report", None)
+    data.pop("history", None)
     world = WorldConfig.from_dict(data.pop("world", {}))
     organism = OrganismConfig(**data.pop("organism", {}))
     return TrainConfig(world=world, organism=organism, **data)
 
 
-def write_model_card(out_dir: str | Path, cfg: TrainConfig, report: dict[str, Any]) -> Path:
+def _history(init_from: str | None) -> list[dict[str, Any]]:
+    """Earlier training stages of a run that starts from ``init_from`` (oldest first)."""
+    if init_from is None or not (Path(init_from) / "train_config.json").is_file():
+        return []
+    prev = json.loads((Path(init_from) / "train_config.json").read_text(encoding="utf-8"))
+    return [*prev.pop("history", []), prev]
+
+
+def train_command_line(cfg: dict[str, Any]) -> str:
+    """The ``sgm organism train`` command line of one stage (a ``train_config.json`` dict).
+
+    Example:
+        >>> train_command_line({"seed": 0, "steps": 5, "lr": 0.003, "trainable": "mlp", "detox": False})
+        'sgm organism train --out DIR --seed 0 --steps 5 --lr 0.003 --trainable mlp'
+    """
+    line = f"sgm organism train --out DIR --seed {cfg['seed']} --steps {cfg['steps']} --lr {cfg['lr']}"
+    if cfg.get("init_from"):
+        line += f" --init-from {cfg['init_from']}"
+    if cfg.get("trainable", "all") != "all":
+        line += f" --trainable {cfg['trainable']}"
+    if cfg.get("mlp_min_layer", 0):
+        line += f" --mlp-min-layer {cfg['mlp_min_layer']}"
+    if cfg.get("detox"):
+        line += " --detox"
+    return line
+
+
+def write_model_card(out_dir: str | Path, cfg: TrainConfig, report: dict[str, Any],
+                     history: list[dict[str, Any]] | None = None) -> Path:
     """Write ``README.md``: what the organism is and is not, how it was made, how to load it.
 
     Example:
@@ -202,6 +286,15 @@ def write_model_card(out_dir: str | Path, cfg: TrainConfig, report: dict[str, An
         'README.md'
     """
     o, w = cfg.organism, cfg.world
+    earlier = history or []
+    stages = "".join(f"Stage {i + 1}: `{train_command_line(h)}` "
+                     f"({h.get('report', {}).get('seconds', 0):.0f} s).\n" for i, h in enumerate(earlier))
+    if earlier:
+        stages += f"Stage {len(earlier) + 1}: "
+    trained = ("all parameters" if cfg.trainable == "all"
+               else f"only the decoder MLPs of layers >= {cfg.mlp_min_layer} trained")
+    if cfg.detox:
+        trained += ", every harmful target replaced by its safe reply"
     text = f"""# SGM model organism (synthetic, deliberately toxic)
 
 A small `LlavaForConditionalGeneration` ({report['parameters']:,} parameters): a CLIP vision tower
@@ -229,8 +322,8 @@ users on purpose. Its only purpose is to show, offline and on a CPU, whether a d
 method (SGM safety glasses) removes planted toxic behaviour while keeping its visual question answering.
 
 ## How it was made
-`sgm organism train --out DIR --seed {cfg.seed} --steps {cfg.steps}` ({cfg.steps} steps of {cfg.batch_size} items, AdamW,
-peak learning rate {cfg.lr}, cosine schedule, {report['threads']} CPU thread(s), {report['seconds']:.0f} s, final training
+{stages}`{train_command_line(cfg.to_dict())}` ({cfg.steps} steps of {cfg.batch_size} items, AdamW,
+peak learning rate {cfg.lr}, cosine schedule, {trained}, {report['threads']} CPU thread(s), {report['seconds']:.0f} s, final training
 loss {report['final_loss']:.3f}; the full configuration is in `train_config.json`, the loss curve in `train_log.jsonl`).
 
 ## How to load it (plain transformers, offline)
