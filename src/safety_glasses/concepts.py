@@ -139,14 +139,24 @@ class ConceptRow:
             >>> ConceptRow("a", (Image.new("L", (2, 2)),), "p", "r", 1).load_images()[0].mode
             'RGB'
         """
-        out: list[Image.Image] = []
-        for image in self.images:
-            if isinstance(image, Image.Image):
-                out.append(image.convert("RGB"))
-            else:
-                with Image.open(image) as opened:
-                    out.append(opened.convert("RGB"))
-        return out
+        return load_rgb(self.images)
+
+
+def load_rgb(images: Iterable[Image.Image | str | os.PathLike[str]]) -> list[Image.Image]:
+    """Open or convert images (PIL images or paths) to RGB PIL images.
+
+    Example:
+        >>> load_rgb([Image.new("L", (2, 2))])[0].mode
+        'RGB'
+    """
+    out: list[Image.Image] = []
+    for image in images:
+        if isinstance(image, Image.Image):
+            out.append(image.convert("RGB"))
+        else:
+            with Image.open(image) as opened:
+                out.append(opened.convert("RGB"))
+    return out
 
 
 def _coerce_images(value: Any, base_dir: Path | None) -> tuple[ImageLike, ...]:

@@ -27,6 +27,7 @@ from typing import Any
 
 from PIL import Image
 
+from ..concepts import load_rgb
 from .conditions import CONDITIONS
 
 KINDS: tuple[str, ...] = ("harmful", "benign", "vqa")
@@ -117,14 +118,7 @@ class BenchRow:
             >>> BenchRow(id="t", question="q", kind="benign").load_images()
             []
         """
-        out: list[Image.Image] = []
-        for img in self.images:
-            if isinstance(img, Image.Image):
-                out.append(img.convert("RGB"))
-            else:
-                with Image.open(img) as opened:
-                    out.append(opened.convert("RGB"))
-        return out
+        return load_rgb(self.images)
 
     def with_(self, **changes: Any) -> BenchRow:
         """A copy with fields replaced (validated again).
