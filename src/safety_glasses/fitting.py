@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -46,10 +47,12 @@ def fit_glasses(model: nn.Module, processor: Any, concepts: ConceptSet | str | P
     """
     cs = as_concept_set(concepts)
     sites = resolve_units(model, kind=units, layers=layers)
-    with tempfile.TemporaryDirectory(prefix="sgm-rec-") as tmp:
-        rec = record_activations(model, processor, cs, sites, record_dir or tmp, pooling=pooling,
+    keep = nullcontext(str(record_dir)) if record_dir is not None else tempfile.TemporaryDirectory(prefix="sgm-rec-")
+    with keep as folder:
+        rec = record_activations(model, processor, cs, sites, folder, pooling=pooling,
                                  positions=positions, batch_size=batch_size, progress=progress)
         labels = cs.labels
+        concept_hash = rec.meta["concept_hash"]  # computed once by the recording (it decodes every image)
         aurocs: dict[str, torch.Tensor] = {}
         for s in tqdm(sites, desc="auroc", unit="site", disable=not progress):
             aurocs[s.module_name] = torch.as_tensor(auroc(rec.matrix(s.module_name), labels)).float()
@@ -57,4 +60,4 @@ def fit_glasses(model: nn.Module, processor: Any, concepts: ConceptSet | str | P
     return new_glasses(model, sites, aurocs, strategy=strategy, threshold=threshold, top_k=top_k,
                        damp_alpha=damp_alpha, seed=seed, pooling=pooling, positions=positions,
                        layers=layer_ids,
-                       concepts={"hash": cs.content_hash(), "rows": len(cs), "counts": cs.class_counts()})
+                       concepts={"hash": concept_hash, "rows": len(cs), "counts": cs.class_counts()})

@@ -27,7 +27,11 @@ from .models import UnitSite
 WEAR_POSITIONS = ("all", "prompt", "generated")
 
 
-class PhaseTracker:
+class ProjectHook:
+    """Marker base of every hook this project registers (so they can be told from transformers' own)."""
+
+
+class PhaseTracker(ProjectHook):
     """Remembers whether the current forward call of the whole model is a prefill or a decode step."""
 
     def __init__(self) -> None:
@@ -46,7 +50,7 @@ class PhaseTracker:
         self.prefill = past == 0
 
 
-class ScaleHook:
+class ScaleHook(ProjectHook):
     """Multiplies the last dimension of a tensor by a per-unit ``alpha``.
 
     Used as a forward pre-hook (``where="input"``: scales the module's first positional input)
@@ -125,8 +129,7 @@ def scaled(model: nn.Module, sites: Sequence[UnitSite], alphas: dict[str, torch.
 
 
 def _is_ours(fn: Any) -> bool:
-    owner = getattr(fn, "__self__", fn)
-    return isinstance(owner, (ScaleHook, PhaseTracker)) or type(owner).__name__ == "_PoolHook"
+    return isinstance(getattr(fn, "__self__", fn), ProjectHook)
 
 
 def count_hooks(model: nn.Module, ours_only: bool = True) -> int:

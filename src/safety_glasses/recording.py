@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from .concepts import ConceptSet
 from .generation import to_model_inputs
-from .hooks import register_site_hook
+from .hooks import ProjectHook, register_site_hook
 from .inputs import encode_rows
 from .models import UnitSite, model_fingerprint
 
@@ -105,7 +105,7 @@ def pool(x: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
     return out
 
 
-class _PoolHook:
+class _PoolHook(ProjectHook):
     """Pools one site's activation under the current batch's token mask."""
 
     def __init__(self, where: str, pooling: str, state: dict[str, torch.Tensor]) -> None:
