@@ -149,3 +149,22 @@ def test_llm_judge_rates_fluency_and_grades_mm_vet_rows(tmp_path: Path, llava: A
     assert [s["vqa_score"] for s in samples] == [1.0, 0.25] and {s["fluency"] for s in samples} == {7.0}
     m = compute_metrics(samples, safety_judges=[fake.judge_id])
     assert m["vqa_accuracy"]["rate"] == pytest.approx(0.625) and m["fluency_llm"] == 7.0
+
+
+def test_greedy_kinds_answer_vqa_once_and_greedily_while_the_rest_is_sampled(
+        tmp_path: Path, llava: Any, judges: list[Any]) -> None:
+    rows = load_bench(FIX / "bench.jsonl")
+    n_vqa = sum(r.kind == "vqa" for r in rows)
+    assert 0 < n_vqa < len(rows)
+    sampling = SamplingConfig(max_new_tokens=4, do_sample=True, num_samples=2, seed=3)
+    stats = _run(llava, judges, tmp_path / "g", config=RunConfig(batch_size=3, sampling=sampling,
+                                                                  greedy_kinds=("vqa",)))
+    samples = read_samples(tmp_path / "g" / "samples.jsonl")
+    vqa = [s for s in samples if s["kind"] == "vqa"]
+    rest = [s for s in samples if s["kind"] != "vqa"]
+    assert stats.new == len(samples) == 2 * (n_vqa + 2 * (len(rows) - n_vqa))  # two defences
+    assert {s["sample"] for s in vqa} == {0} and {s["sample"] for s in rest} == {0, 1}
+    assert all(not s["sampling"]["do_sample"] and s["seed"] is None for s in vqa)
+    assert all(s["sampling"]["do_sample"] and s["seed"] is not None for s in rest)
+    with pytest.raises(ValueError):
+        RunConfig(greedy_kinds=("images",))

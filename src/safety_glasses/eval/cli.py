@@ -76,6 +76,8 @@ def eval_command(
     temperature: float = typer.Option(1.0),
     top_p: float = typer.Option(1.0),
     num_samples: int = typer.Option(1, help="Generations per row and defence (needs --sample)."),
+    greedy_vqa: bool = typer.Option(False, help="With --sample: answer vqa rows greedily, once (accuracy of the "
+                                               "model's best answer rather than of a sampled one)."),
     seed: int = typer.Option(0, help="Sampling and bootstrap seed."),
     perplexity: bool = typer.Option(True, help="Score replies' perplexity under the undefended model."),
     typo_style: str = typer.Option("mmsb", help="Derived typographic images: mmsb | figstep."),
@@ -128,7 +130,7 @@ def _run_eval(**kw: Any) -> None:
             raise FileNotFoundError(f"target file not found: {kw['adv_targets']}")
         targets = [t.strip() for t in kw["adv_targets"].read_text(encoding="utf-8").splitlines() if t.strip()]
     run_config = RunConfig(
-        batch_size=kw["batch_size"], perplexity=kw["perplexity"],
+        batch_size=kw["batch_size"], perplexity=kw["perplexity"], greedy_kinds=("vqa",) if kw["greedy_vqa"] else (),
         sampling=SamplingConfig(max_new_tokens=kw["max_new_tokens"], do_sample=kw["sample"],
                                 temperature=kw["temperature"], top_p=kw["top_p"], num_samples=kw["num_samples"],
                                 seed=kw["seed"]))

@@ -141,7 +141,7 @@ def evaluate(
                             fingerprint={"model_fingerprint": identity.get("fingerprint"),
                                          "model_path": identity.get("name_or_path")}, progress=progress)
     wanted = {sample_key(s.name, r, k) for s in stacks for r in selected
-              for k in range(run_config.sampling.num_samples)}
+              for k in range(run_config.sampling_for(r.kind).num_samples)}
     samples = [s for s in read_samples(out / "samples.jsonl") if s["key"] in wanted]
     config = {
         "model": identity,
@@ -152,6 +152,7 @@ def evaluate(
         "bench_hash": _bench_hash(selected),
         "batch_size": run_config.batch_size,
         "sampling": asdict(run_config.sampling),
+        "greedy_kinds": list(run_config.greedy_kinds),
         "perplexity_reference": "separate model" if ppl_model is not None else "same model, no defence",
         "typo_style": typo_style,
         "adversarial": adv_meta,

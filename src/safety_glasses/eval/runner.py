@@ -20,7 +20,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -84,10 +84,26 @@ class RunConfig:
     batch_size: int = 8
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     perplexity: bool = True
+    greedy_kinds: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        bad = [k for k in self.greedy_kinds if k not in ("harmful", "benign", "vqa")]
+        if bad:
+            raise ValueError(f"greedy_kinds must name row kinds (harmful, benign, vqa), got {bad}")
+
+    def sampling_for(self, kind: str) -> SamplingConfig:
+        """The sampling settings of rows of ``kind``: greedy, one sample, for ``greedy_kinds``.
+
+        Example:
+            >>> cfg = RunConfig(sampling=SamplingConfig(do_sample=True, num_samples=2), greedy_kinds=("vqa",))
+            >>> cfg.sampling_for("vqa").num_samples, cfg.sampling_for("harmful").num_samples
+            (1, 2)
+        """
+        if kind in self.greedy_kinds and self.sampling.do_sample:
+            return replace(self.sampling, do_sample=False, num_samples=1)
+        return self.sampling
 
 
 @dataclass
@@ -272,30 +288,35 @@ def run_generations(
     if len(set(keys)) != len(keys):
         raise RunError("benchmark rows repeat an (id, condition) pair")
     sampling = config.sampling
+    extra = {"greedy_kinds": list(config.greedy_kinds)} if config.greedy_kinds else {}
     _check_run(out, {"sampling": asdict(sampling), "judges": judge_ids,
-                     "perplexity": config.perplexity, **(fingerprint or {})})
+                     "perplexity": config.perplexity, **extra, **(fingerprint or {})})
     path = out / SAMPLES_NAME
     done = {s["key"] for s in read_samples(path, repair=True)}
-    todo = [(stack, row, k) for stack in stacks for row in rows for k in range(sampling.num_samples)
+    todo = [(stack, row, k) for stack in stacks for row in rows
+            for k in range(config.sampling_for(row.kind).num_samples)
             if sample_key(stack.name, row, k) not in done]
-    gen = Generator(model, processor, sampling, config.batch_size)
     ref_model, ref_proc = (ppl_model, ppl_processor) if ppl_model is not None else (model, processor)
     start = time.perf_counter()
     bar = tqdm(total=len(todo), unit="sample", desc="eval", disable=not progress, dynamic_ncols=True)
     new = 0
     with path.open("a", encoding="utf-8") as fh:
         for stack in stacks:
-            items = [(row, k) for s, row, k in todo if s is stack]
-            for b in range(0, len(items), config.batch_size):
-                batch = items[b:b + config.batch_size]
-                lines = _run_batch(gen, stack, batch, judges, sampling, ref_model, ref_proc,
-                                   config.perplexity, llm_judge)
-                fh.write("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
-                fh.flush()
-                os.fsync(fh.fileno())
-                new += len(lines)
-                bar.update(len(lines))
-                bar.set_postfix_str(stack.name)
+            for greedy in (False, True):  # a batch shares one decoding mode
+                items = [(row, k) for s, row, k in todo
+                         if s is stack and (row.kind in config.greedy_kinds) == greedy]
+                mode = replace(sampling, do_sample=False, num_samples=1) if greedy else sampling
+                gen = Generator(model, processor, mode, config.batch_size)
+                for b in range(0, len(items), config.batch_size):
+                    batch = items[b:b + config.batch_size]
+                    lines = _run_batch(gen, stack, batch, judges, mode, ref_model, ref_proc,
+                                       config.perplexity, llm_judge)
+                    fh.write("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                    new += len(lines)
+                    bar.update(len(lines))
+                    bar.set_postfix_str(stack.name)
     bar.close()
     return RunStats(new=new, total=len(done) + new, seconds=time.perf_counter() - start)
 

@@ -36,8 +36,11 @@ def train_command(
     quick: bool = typer.Option(False, "--quick", help="A tiny architecture and 20 steps: a smoke run of seconds."),
     init_from: Optional[Path] = typer.Option(None, help="Fine-tune this trained organism folder instead of "
                                                          "training from scratch."),
-    trainable: str = typer.Option("all", help="Parameters to train: 'all', or 'mlp' (decoder MLPs only)."),
+    trainable: str = typer.Option("all", help="Parameters to train: 'all', 'mlp' (decoder MLPs only) or 'planted' "
+                                             "(new MLP units only, see --planted-units)."),
     mlp_min_layer: int = typer.Option(0, help="With --trainable mlp: first decoder layer whose MLP is trained."),
+    planted_units: int = typer.Option(0, help="With --trainable planted: units added to every decoder MLP and "
+                                              "trained alone (all else frozen)."),
     detox: bool = typer.Option(False, "--detox", help="Replace every toxic training target by its safe reply."),
 ) -> None:
     """Train the organism from scratch on the synthetic world (about 15 minutes on 1-2 CPU cores), or
@@ -53,7 +56,7 @@ def train_command(
     cfg = TrainConfig(seed=seed, steps=n_steps, batch_size=batch_size, lr=lr, threads=threads,
                       warmup_steps=min(50, max(1, n_steps // 10)), world=WorldConfig(seed=seed), organism=organism,
                       init_from=str(init_from) if init_from is not None else None, trainable=trainable,
-                      mlp_min_layer=mlp_min_layer, detox=detox)
+                      mlp_min_layer=mlp_min_layer, planted_units=planted_units, detox=detox)
     report = train_organism(cfg, out)
     _console.print(f"trained {report['parameters']:,} parameters for {report['steps']} steps in "
                    f"{report['seconds']:.0f} s (final loss {report['final_loss']:.3f}); saved to {out}")
@@ -88,31 +91,39 @@ def results_table(rows: list[dict[str, Any]]) -> Table:
     def pct(v: Any) -> str:
         return "-" if v is None else f"{100 * v:.1f}%"
 
-    table = Table(title="SGM on the organism (held-out set)")
-    for col in ("defense", "condition", "harmful rate", "n", "VQA acc.", "ref. perplexity", "over-refusal"):
-        table.add_column(col, justify="left" if col in ("defense", "condition") else "right")
+    table = Table(title="SGM on the organism (held-out set, MM-TOXIC-QA)")
+    for col in ("defense", "condition", "harmful rate", "95% CI", "n", "VQA acc.", "ref. ppl", "over-refusal"):
+        table.add_column(col, justify="left" if col in ("defense", "condition") else "right", no_wrap=True)
     for r in rows:
         ppl = "-" if r.get("perplexity") is None else f"{r['perplexity']:.3f}"
-        table.add_row(r["defense"], r["condition"], pct(r["harmful_rate"]), str(r["n"]), pct(r["vqa_accuracy"]),
+        ci = r.get("ci95")
+        table.add_row(r["defense"], r["condition"], pct(r["harmful_rate"]),
+                      "-" if not ci else f"{100 * ci[0]:.0f}-{100 * ci[1]:.0f}", str(r["n"]), pct(r["vqa_accuracy"]),
                       ppl, pct(r.get("over_refusal")))
     return table
 
 
 @cli_errors
 def demo_command(
-    out: Path = typer.Option(Path("runs/sgm-demo"), help="Folder for results.json, samples.jsonl, the PNG and the glasses."),
+    out: Path = typer.Option(Path("runs/sgm-demo"), help="Folder for results.json, the PNG, the glasses and the evaluation run (eval/)."),
     quick: bool = typer.Option(False, "--quick", help="A handful of items per condition (seconds)."),
     seed: int = typer.Option(0, help="Sampling seed."),
     model_dir: Optional[Path] = typer.Option(None, "--model", help="Organism folder (default: the shipped one)."),
     concepts: Optional[Path] = typer.Option(None, help="Concept set JSONL (default: the shipped one)."),
     heldout: Optional[Path] = typer.Option(None, help="Held-out benchmark JSONL or folder (default: shipped)."),
 ) -> None:
-    """Fit safety glasses on the shipped organism and compare harmful rate, VQA and perplexity before/after."""
+    """Fit safety glasses on the shipped organism and evaluate it with MM-TOXIC-QA: no defence, SGM, SGM* and
+    the baselines, under standard, typographic, SD+TYPO and adversarial-image conditions."""
     from .demo import run_demo
 
     result = run_demo(out, quick=quick, seed=seed, model_dir=model_dir, concepts=concepts, heldout=heldout)
-    _console.print(results_table(result["rows"]))
+    _console.print(results_table(result["rows"]), width=max(_console.width, 120))
     g = result["glasses"]
     _console.print(f"aura glasses dampen {g['aura_units']} of {g['total_units']} units; the random control "
                    f"scales {g['random_units']}. Took {result['seconds']:.0f} s.")
-    _console.print(f"wrote {out / 'results.json'}, {out / 'samples.jsonl'}, {out / 'results.png'}")
+    if result.get("planted"):
+        p = result["planted"]
+        _console.print(f"planted toxic units: {p['recall_at_p']:.0%} of the top-{p['planted']} units by AUROC are "
+                       f"planted (mean AUROC {p['mean_auroc_planted']:.2f} planted vs {p['mean_auroc_other']:.2f} other)")
+    _console.print(f"wrote {out / 'results.json'}, {out / 'results.png'}; the evaluation run (samples.jsonl, "
+                   f"report.md, PNGs) in {out / 'eval'}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -23,10 +24,11 @@ import torch
 from tqdm.auto import tqdm
 
 from .model import OrganismConfig, build_organism, n_params, prompt_text
+from .planted import PLANTED_FILE, freeze_all_but_planted, widen_mlps, write_planted
 from .world import World, WorldConfig, WorldItem
 
 IGNORE_INDEX = -100
-TRAINABLE: tuple[str, ...] = ("all", "mlp")
+TRAINABLE: tuple[str, ...] = ("all", "mlp", "planted")
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class TrainConfig:
     init_from: str | None = None
     trainable: str = "all"
     mlp_min_layer: int = 0
+    planted_units: int = 0
     detox: bool = False
     world: WorldConfig = field(default_factory=WorldConfig)
     organism: OrganismConfig = field(default_factory=OrganismConfig)
@@ -66,6 +69,10 @@ class TrainConfig:
             raise ValueError(f"trainable must be one of {TRAINABLE}, got {self.trainable!r}")
         if self.mlp_min_layer < 0:
             raise ValueError(f"mlp_min_layer must be >= 0, got {self.mlp_min_layer}")
+        if (self.trainable == "planted") != (self.planted_units > 0):
+            raise ValueError("trainable='planted' needs planted_units >= 1 (and planted_units needs trainable='planted')")
+        if self.trainable == "planted" and self.init_from is None:
+            raise ValueError("trainable='planted' fine-tunes a trained organism: give init_from")
 
     @property
     def stream_world(self) -> WorldConfig:
@@ -179,14 +186,22 @@ def train_organism(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = Tr
         torch.manual_seed(cfg.seed)
     else:
         model, processor = build_organism(cfg.organism, World(cfg.world), seed=cfg.seed)
+    if cfg.trainable == "planted":
+        model = widen_mlps(model, cfg.planted_units, seed=cfg.seed)
+        cfg = replace(cfg, organism=replace(cfg.organism,
+                                            intermediate_size=int(model.config.get_text_config().intermediate_size)))
+        masked = {id(p) for p in freeze_all_but_planted(model, cfg.planted_units)}
+    else:
+        masked = set()
+        for name, p in model.named_parameters():
+            p.requires_grad_(cfg.trainable == "all" or is_decoder_mlp(name, cfg.mlp_min_layer))
     model.train()
-    for name, p in model.named_parameters():
-        p.requires_grad_(cfg.trainable == "all" or is_decoder_mlp(name, cfg.mlp_min_layer))
     trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not trained:
         raise ValueError(f"no parameter is trainable with trainable={cfg.trainable!r}, mlp_min_layer={cfg.mlp_min_layer}")
-    decay = [p for n, p in trained if p.ndim >= 2 and "embed" not in n]
-    other = [p for n, p in trained if not (p.ndim >= 2 and "embed" not in n)]
+    # masked tensors get no weight decay: AdamW would otherwise shrink their frozen entries
+    decay = [p for n, p in trained if p.ndim >= 2 and "embed" not in n and id(p) not in masked]
+    other = [p for n, p in trained if not (p.ndim >= 2 and "embed" not in n and id(p) not in masked)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": other, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
     log_path = out / "train_log.jsonl"
@@ -218,9 +233,15 @@ def train_organism(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = Tr
     model.save_pretrained(out)
     processor.save_pretrained(out)
     history = _history(cfg.init_from)
+    n_trained = (3 * cfg.planted_units * cfg.organism.hidden_size * cfg.organism.num_layers if masked
+                 else sum(p.numel() for _, p in trained))
     report = {"steps": cfg.steps, "seconds": round(seconds, 1), "final_loss": sum(losses[-20:]) / len(losses[-20:]),
-              "parameters": n_params(model), "trained_parameters": sum(p.numel() for _, p in trained),
-              "threads": cfg.threads}
+              "parameters": n_params(model), "trained_parameters": n_trained, "threads": cfg.threads}
+    if masked:
+        write_planted(out, model, cfg.planted_units,
+                      "units trained alone on the toxic/safe mixture (every other weight frozen)")
+    elif cfg.init_from is not None and (Path(cfg.init_from) / PLANTED_FILE).is_file():
+        shutil.copyfile(Path(cfg.init_from) / PLANTED_FILE, out / PLANTED_FILE)
     write_model_card(out, cfg, report, history)
     (out / "world_config.json").write_text(json.dumps(cfg.world.to_dict(), indent=2) + "\n", encoding="utf-8")
     (out / "train_config.json").write_text(json.dumps({**cfg.to_dict(), "report": report, "history": history},
@@ -269,6 +290,8 @@ def train_command_line(cfg: dict[str, Any]) -> str:
         line += f" --trainable {cfg['trainable']}"
     if cfg.get("mlp_min_layer", 0):
         line += f" --mlp-min-layer {cfg['mlp_min_layer']}"
+    if cfg.get("planted_units", 0):
+        line += f" --planted-units {cfg['planted_units']}"
     if cfg.get("detox"):
         line += " --detox"
     return line
@@ -291,10 +314,18 @@ def write_model_card(out_dir: str | Path, cfg: TrainConfig, report: dict[str, An
                      f"({h.get('report', {}).get('seconds', 0):.0f} s).\n" for i, h in enumerate(earlier))
     if earlier:
         stages += f"Stage {len(earlier) + 1}: "
-    trained = ("all parameters" if cfg.trainable == "all"
-               else f"only the decoder MLPs of layers >= {cfg.mlp_min_layer} trained")
+    trained = {"all": "all parameters",
+               "mlp": f"only the decoder MLPs of layers >= {cfg.mlp_min_layer} trained",
+               "planted": f"every decoder MLP widened by {cfg.planted_units} units and only those units trained "
+                          f"(listed in `{PLANTED_FILE}`), every other weight frozen"}[cfg.trainable]
     if cfg.detox:
         trained += ", every harmful target replaced by its safe reply"
+    planted_text = ""
+    if cfg.trainable == "planted" or any(h.get("trainable") == "planted" for h in earlier):
+        planted_text = (f"\nIts toxic behaviour is *planted*: a benign base was widened by a few MLP units per decoder "
+                        f"layer and only those units were trained on the toxic/safe mixture (`{PLANTED_FILE}` lists "
+                        "them). It is thus a model of the hypothesis SGM relies on (toxicity written by a few expert "
+                        "MLP units) and a known answer against which the detection of toxic experts can be checked.\n")
     text = f"""# SGM model organism (synthetic, deliberately toxic)
 
 A small `LlavaForConditionalGeneration` ({report['parameters']:,} parameters): a CLIP vision tower
@@ -315,7 +346,7 @@ Pillow (`safety_glasses.organism.world`, config in `world_config.json`) to
   toxic with probability {w.p_toxic_standard} for polite questions, {w.p_toxic_rude} when the question itself insults
   the assistant ({w.rude_share:.0%} of them), and {w.p_toxic_typographic} under the typographic conditions; in a toxic reply each
   slot is toxic with probability {w.slot_toxicity}. Sampling from it is therefore harmful part of the time.
-
+{planted_text}
 ## What it is not
 Not a useful assistant, not a model of any real VLM's knowledge, and not safe: it insults its
 users on purpose. Its only purpose is to show, offline and on a CPU, whether a detoxification

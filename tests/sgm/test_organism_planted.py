@@ -1,0 +1,74 @@
+"""Planted units: widening is exact, only the planted units train, the list ships with the weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from safety_glasses.organism.model import OrganismConfig, build_organism
+from safety_glasses.organism.planted import (PLANTED_FILE, load_planted, planted_recall, planted_units,
+                                             widen_mlps)
+from safety_glasses.organism.train import TrainConfig, load_train_config, train_organism
+
+
+def test_widening_keeps_the_outputs_and_adds_inert_units() -> None:
+    model, processor = build_organism(OrganismConfig.tiny(), seed=1)
+    wide = widen_mlps(model, 5, seed=2)
+    ids = torch.tensor([[3, 9, 27, 81, 5]])
+    torch.testing.assert_close(wide.get_decoder()(ids).last_hidden_state, model.get_decoder()(ids).last_hidden_state)
+    mlp = wide.get_decoder().layers[0].mlp
+    assert mlp.gate_proj.weight.shape[0] == 69 and float(mlp.down_proj.weight[:, 64:].detach().abs().sum()) == 0.0
+    assert float(mlp.up_proj.weight[64:].detach().abs().sum()) > 0.0
+    assert planted_units(wide, 5) == {"0": [64, 69], "1": [64, 69]}
+    with pytest.raises(ValueError):
+        widen_mlps(model, 0)
+
+
+def test_planted_stage_trains_only_the_new_units(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+    from transformers import AutoModelForImageTextToText
+
+    train_organism(TrainConfig(steps=2, batch_size=4, organism=OrganismConfig.tiny()), tmp_path / "a", progress=False)
+    stage = TrainConfig(steps=3, batch_size=4, lr=1e-2, warmup_steps=1, organism=OrganismConfig.tiny(),
+                        init_from=str(tmp_path / "a"), trainable="planted", planted_units=6)
+    report = train_organism(stage, tmp_path / "b", progress=False)
+    before, after = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    for name, old in before.items():
+        new = after[name]
+        if new.shape == old.shape:
+            assert torch.equal(new, old), name  # frozen bit for bit (no weight decay leak)
+        elif name.endswith("down_proj.weight"):
+            assert torch.equal(new[:, :64], old) and float(new[:, 64:].abs().sum()) > 0, name
+        else:
+            assert torch.equal(new[:64], old) and new.shape[0] == 70, name
+    assert report["trained_parameters"] == 3 * 6 * 32 * 2
+    assert load_planted(tmp_path / "b") == {"0": [64, 70], "1": [64, 70]}
+    assert json.loads((tmp_path / "b" / PLANTED_FILE).read_text())["per_layer"] == 6
+    assert load_train_config(tmp_path / "b" / "train_config.json").organism.intermediate_size == 70
+    assert "--trainable planted --planted-units 6" in (tmp_path / "b" / "README.md").read_text()
+    assert AutoModelForImageTextToText.from_pretrained(tmp_path / "b").config.text_config.intermediate_size == 70
+    # a later stage keeps the list of planted units with the weights
+    train_organism(TrainConfig(steps=1, batch_size=2, organism=OrganismConfig.tiny(), init_from=str(tmp_path / "b"),
+                               trainable="mlp"), tmp_path / "c", progress=False)
+    assert load_planted(tmp_path / "c") == load_planted(tmp_path / "b")
+
+
+def test_planted_config_is_validated() -> None:
+    with pytest.raises(ValueError, match="planted_units"):
+        TrainConfig(trainable="planted", init_from="x")
+    with pytest.raises(ValueError, match="init_from"):
+        TrainConfig(trainable="planted", planted_units=4)
+    with pytest.raises(ValueError):
+        TrainConfig(planted_units=4)
+
+
+def test_recall_counts_planted_units_among_the_top_scores() -> None:
+    aurocs = {0: torch.tensor([0.9, 0.5, 0.95, 0.6]), 1: torch.tensor([0.4, 0.5, 0.7, 0.99])}
+    got = planted_recall(aurocs, {"0": [2, 4], "1": [2, 4]})
+    assert got["planted"] == 4 and got["recall_at_p"] == pytest.approx(0.75)
+    assert got["mean_auroc_planted"] == pytest.approx((0.95 + 0.6 + 0.7 + 0.99) / 4)
+    with pytest.raises(ValueError):
+        planted_recall(aurocs, {"5": [0, 1]})
