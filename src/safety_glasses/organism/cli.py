@@ -41,7 +41,11 @@ def train_command(
     mlp_min_layer: int = typer.Option(0, help="With --trainable mlp: first decoder layer whose MLP is trained."),
     planted_units: int = typer.Option(0, help="With --trainable planted: units added to every decoder MLP and "
                                               "trained alone (all else frozen)."),
+    planted_l1: float = typer.Option(0.0, help="With --trainable planted: weight of an L1 penalty on the planted units' "
+                                               "activations (keeps them silent where they are not needed)."),
     detox: bool = typer.Option(False, "--detox", help="Replace every toxic training target by its safe reply."),
+    slot_toxicity: Optional[float] = typer.Option(None, help="World: chance that each slot of a toxic-mode reply is "
+                                                             "toxic (default 0.85; 1.0 = wholly toxic replies)."),
 ) -> None:
     """Train the organism from scratch on the synthetic world (about 15 minutes on 1-2 CPU cores), or
     fine-tune a trained one (--init-from; e.g. a --detox stage, then a --trainable mlp stage)."""
@@ -52,11 +56,13 @@ def train_command(
     organism = OrganismConfig.tiny() if quick else OrganismConfig()
     if init_from is not None and (init_from / "train_config.json").is_file():
         organism = load_train_config(init_from / "train_config.json").organism
+    world = WorldConfig(seed=seed) if slot_toxicity is None else WorldConfig(seed=seed, slot_toxicity=slot_toxicity)
     n_steps = steps if steps is not None else (20 if quick else TrainConfig().steps)
     cfg = TrainConfig(seed=seed, steps=n_steps, batch_size=batch_size, lr=lr, threads=threads,
-                      warmup_steps=min(50, max(1, n_steps // 10)), world=WorldConfig(seed=seed), organism=organism,
+                      warmup_steps=min(50, max(1, n_steps // 10)), world=world, organism=organism,
                       init_from=str(init_from) if init_from is not None else None, trainable=trainable,
-                      mlp_min_layer=mlp_min_layer, planted_units=planted_units, detox=detox)
+                      mlp_min_layer=mlp_min_layer, planted_units=planted_units,
+                      planted_l1=planted_l1, detox=detox)
     report = train_organism(cfg, out)
     _console.print(f"trained {report['parameters']:,} parameters for {report['steps']} steps in "
                    f"{report['seconds']:.0f} s (final loss {report['final_loss']:.3f}); saved to {out}")
@@ -111,13 +117,15 @@ def demo_command(
     model_dir: Optional[Path] = typer.Option(None, "--model", help="Organism folder (default: the shipped one)."),
     concepts: Optional[Path] = typer.Option(None, help="Concept set JSONL (default: the shipped one)."),
     heldout: Optional[Path] = typer.Option(None, help="Held-out benchmark JSONL or folder (default: shipped)."),
+    threads: int = typer.Option(1, help="torch CPU threads (1 suits the small organism and busy machines)."),
 ) -> None:
     """Fit safety glasses on the shipped organism and evaluate it with MM-TOXIC-QA: no defence, SGM, SGM* and
     the baselines, under standard, typographic, SD+TYPO and adversarial-image conditions."""
     from .demo import run_demo
 
-    result = run_demo(out, quick=quick, seed=seed, model_dir=model_dir, concepts=concepts, heldout=heldout)
-    _console.print(results_table(result["rows"]), width=max(_console.width, 120))
+    result = run_demo(out, quick=quick, seed=seed, model_dir=model_dir, concepts=concepts, heldout=heldout,
+                      threads=threads)
+    Console(width=max(Console().width, 120)).print(results_table(result["rows"]))  # readable even when piped
     g = result["glasses"]
     _console.print(f"aura glasses dampen {g['aura_units']} of {g['total_units']} units; the random control "
                    f"scales {g['random_units']}. Took {result['seconds']:.0f} s.")

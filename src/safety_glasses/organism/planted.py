@@ -125,6 +125,43 @@ def freeze_all_but_planted(model: Any, n: int) -> list[torch.nn.Parameter]:
     return params
 
 
+class PlantedActivity:
+    """Forward hooks that collect the mean absolute activation of the planted units (an L1 penalty).
+
+    Example:
+        >>> from .model import OrganismConfig, build_organism
+        >>> m = widen_mlps(build_organism(OrganismConfig.tiny())[0], 4)
+        >>> act = PlantedActivity(m, 4)
+        >>> _ = m.get_decoder()(torch.tensor([[1, 2, 3]]))
+        >>> float(act.pop()) > 0
+        True
+        >>> act.remove()
+    """
+
+    def __init__(self, model: Any, n: int) -> None:
+        planted_units(model, n)
+        self.n = n
+        self.values: list[torch.Tensor] = []
+        self.handles = [mlp.down_proj.register_forward_pre_hook(self._hook) for mlp in _mlps(model)]
+
+    def _hook(self, _module: Any, args: tuple[Any, ...]) -> None:
+        self.values.append(args[0][..., -self.n:].abs().mean())
+
+    def pop(self) -> torch.Tensor:
+        """Sum over layers of the mean |activation| since the last call (and forget them)."""
+        if not self.values:
+            raise RuntimeError("no forward pass since the last pop()")
+        total = torch.stack(self.values).sum()
+        self.values = []
+        return total
+
+    def remove(self) -> None:
+        """Remove the hooks."""
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+
 def write_planted(out_dir: str | Path, model: Any, n: int, note: str) -> Path:
     """Write ``planted_units.json`` (``{"units": {layer: [first, end)}, "per_layer": n, "note": ...}``).
 

@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .model import OrganismConfig, build_organism, n_params, prompt_text
-from .planted import PLANTED_FILE, freeze_all_but_planted, widen_mlps, write_planted
+from .planted import PLANTED_FILE, PlantedActivity, freeze_all_but_planted, widen_mlps, write_planted
 from .world import World, WorldConfig, WorldItem
 
 IGNORE_INDEX = -100
@@ -54,6 +54,7 @@ class TrainConfig:
     trainable: str = "all"
     mlp_min_layer: int = 0
     planted_units: int = 0
+    planted_l1: float = 0.0
     detox: bool = False
     world: WorldConfig = field(default_factory=WorldConfig)
     organism: OrganismConfig = field(default_factory=OrganismConfig)
@@ -71,6 +72,8 @@ class TrainConfig:
             raise ValueError(f"mlp_min_layer must be >= 0, got {self.mlp_min_layer}")
         if (self.trainable == "planted") != (self.planted_units > 0):
             raise ValueError("trainable='planted' needs planted_units >= 1 (and planted_units needs trainable='planted')")
+        if self.planted_l1 < 0 or (self.planted_l1 > 0 and self.trainable != "planted"):
+            raise ValueError("planted_l1 must be >= 0 and needs trainable='planted'")
         if self.trainable == "planted" and self.init_from is None:
             raise ValueError("trainable='planted' fine-tunes a trained organism: give init_from")
 
@@ -191,8 +194,9 @@ def train_organism(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = Tr
         cfg = replace(cfg, organism=replace(cfg.organism,
                                             intermediate_size=int(model.config.get_text_config().intermediate_size)))
         masked = {id(p) for p in freeze_all_but_planted(model, cfg.planted_units)}
+        sparsity = PlantedActivity(model, cfg.planted_units) if cfg.planted_l1 > 0 else None
     else:
-        masked = set()
+        masked, sparsity = set(), None
         for name, p in model.named_parameters():
             p.requires_grad_(cfg.trainable == "all" or is_decoder_mlp(name, cfg.mlp_min_layer))
     model.train()
@@ -215,6 +219,8 @@ def train_organism(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = Tr
                 group["lr"] = _lr_at(step, cfg)
             batch = encode_items(processor, next(stream))
             loss = model(**batch).loss
+            if sparsity is not None:  # L1 on the planted units' activations: they fire only where needed
+                loss = loss + cfg.planted_l1 * sparsity.pop()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for _, p in trained], cfg.grad_clip)
@@ -227,6 +233,8 @@ def train_organism(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = Tr
                 log.flush()
                 bar.set_postfix(loss=f"{recent:.3f}")
     seconds = time.perf_counter() - start
+    if sparsity is not None:
+        sparsity.remove()
     model.eval()
     for p in model.parameters():
         p.requires_grad_(True)
@@ -292,6 +300,8 @@ def train_command_line(cfg: dict[str, Any]) -> str:
         line += f" --mlp-min-layer {cfg['mlp_min_layer']}"
     if cfg.get("planted_units", 0):
         line += f" --planted-units {cfg['planted_units']}"
+    if cfg.get("planted_l1", 0):
+        line += f" --planted-l1 {cfg['planted_l1']}"
     if cfg.get("detox"):
         line += " --detox"
     return line
