@@ -72,3 +72,40 @@ def test_recall_counts_planted_units_among_the_top_scores() -> None:
     assert got["mean_auroc_planted"] == pytest.approx((0.95 + 0.6 + 0.7 + 0.99) / 4)
     with pytest.raises(ValueError):
         planted_recall(aurocs, {"5": [0, 1]})
+
+
+def test_train_cli_plants_units_with_l1_and_records_the_world(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from safety_glasses.cli import app
+
+    runner = CliRunner()
+    base = runner.invoke(app, ["organism", "train", "--quick", "--steps", "2", "--out", str(tmp_path / "a"),
+                               "--slot-toxicity", "1.0"])
+    assert base.exit_code == 0, base.output
+    assert json.loads((tmp_path / "a" / "world_config.json").read_text())["slot_toxicity"] == 1.0
+    res = runner.invoke(app, ["organism", "train", "--steps", "2", "--batch-size", "2", "--out", str(tmp_path / "b"),
+                              "--init-from", str(tmp_path / "a"), "--trainable", "planted", "--planted-units", "3",
+                              "--planted-l1", "0.1"])
+    assert res.exit_code == 0, res.output
+    cfg = load_train_config(tmp_path / "b" / "train_config.json")
+    assert (cfg.planted_units, cfg.planted_l1, cfg.organism.intermediate_size) == (3, 0.1, 67)
+    assert "--planted-l1 0.1" in (tmp_path / "b" / "README.md").read_text()
+    bad = runner.invoke(app, ["organism", "train", "--quick", "--out", str(tmp_path / "c"), "--trainable", "planted"])
+    assert bad.exit_code == 2 and "error:" in bad.output and "Traceback" not in bad.output
+
+
+def test_demo_rows_follow_the_given_order_and_keep_standard_only_metrics() -> None:
+    from safety_glasses.organism.demo import demo_rows
+
+    def row(d: str, c: str) -> dict:
+        return {"defense": d, "condition": c, "harmful_rate": 0.5, "n": 4, "ci95": [0.2, 0.8], "toxicity": 0.4,
+                "vqa_accuracy": 0.9 if c == "standard" else None, "perplexity": 7.0, "over_refusal": 0.1}
+
+    res = {"rows": [row("aura", "typographic"), row("none", "standard"), row("aura", "standard"),
+                    row("none", "adversarial_image")]}
+    rows = demo_rows(res, {"none": 3.0, "aura": 3.5}, ["none", "aura"])
+    assert [(r["defense"], r["condition"]) for r in rows] == [
+        ("none", "standard"), ("none", "adversarial_image"), ("aura", "standard"), ("aura", "typographic")]
+    assert rows[0]["perplexity"] == 3.0 and rows[0]["reply_perplexity"] == 7.0 and rows[0]["over_refusal"] == 0.1
+    assert rows[1]["perplexity"] is None and rows[1]["vqa_accuracy"] is None and rows[1]["over_refusal"] is None

@@ -128,12 +128,14 @@ def reference_perplexity(model: Any, processor: Any, rows: Sequence[BenchRow], s
     return math.exp(nll / tokens) if tokens else None
 
 
-def demo_rows(results: dict[str, Any], ref_ppl: dict[str, float | None]) -> list[dict[str, Any]]:
+def demo_rows(results: dict[str, Any], ref_ppl: dict[str, float | None],
+              order: Sequence[str] = ()) -> list[dict[str, Any]]:
     """One row per (defence, condition) in the organism's format, from the framework's results.
 
     ``vqa_accuracy``, ``perplexity`` (of the reference answers) and ``over_refusal`` belong to the
     ``standard`` row; they are ``None`` on the others. ``reply_perplexity`` is the framework's fluency
-    metric (the replies under the undefended model).
+    metric (the replies under the undefended model). Rows are sorted by ``order`` (defence names), then
+    by condition.
 
     Example:
         >>> res = {"rows": [{"defense": "none", "condition": "standard", "harmful_rate": 0.5, "n": 2,
@@ -151,9 +153,9 @@ def demo_rows(results: dict[str, Any], ref_ppl: dict[str, float | None]) -> list
                      "perplexity": ref_ppl.get(r["defense"]) if standard else None,
                      "over_refusal": r["over_refusal"] if standard else None,
                      "reply_perplexity": r["perplexity"] if standard else None})
-    order = {d: i for i, d in enumerate(results.get("defense_order", []))}
+    rank = {d: i for i, d in enumerate(order)}
     cond = {c: i for i, c in enumerate(CONDITIONS)}
-    return sorted(rows, key=lambda x: (order.get(x["defense"], len(order)), cond.get(x["condition"], len(cond))))
+    return sorted(rows, key=lambda x: (rank.get(x["defense"], len(rank)), cond.get(x["condition"], len(cond))))
 
 
 def _planted_report(model_dir: str, glasses: Any) -> dict[str, Any] | None:
@@ -228,10 +230,9 @@ def run_demo(out_dir: str | Path, quick: bool = False, seed: int = 0, *, model_d
                        adversarial_config=AdversarialConfig(eps=cfg.adv_eps, steps=cfg.adv_steps, step_size=1 / 255,
                                                             seed=seed, eval_every=max(1, cfg.adv_steps // 5)),
                        n_boot=cfg.n_boot, extra_config={"demo": asdict(cfg)}, progress=progress)
-    results["defense_order"] = [s.name for s in stacks]
     ref_rows = [r for r in rows if r.condition == "standard" and r.kind in ("vqa", "benign")]
     ref_ppl = {s.name: reference_perplexity(model, processor, ref_rows, s, cfg.batch_size) for s in stacks}
-    all_rows = demo_rows(results, ref_ppl)
+    all_rows = demo_rows(results, ref_ppl, [s.name for s in stacks])
     by_name = {s.name: s for s in stacks}
     random_glasses = by_name["random"].defenses[0].glasses
     result = {
