@@ -96,3 +96,24 @@ def test_bad_input_is_one_error_line(saved: tuple[Path, Path], tmp_path: Path, a
 def test_compare_rejects_a_folder_without_results(tmp_path: Path) -> None:
     res = runner.invoke(app, ["compare", str(tmp_path)])
     assert res.exit_code == 2 and "error: no results.json" in res.output
+
+
+def test_eval_greedy_vqa_and_threads_options(saved: tuple[Path, Path], tmp_path: Path) -> None:
+    import torch
+
+    model, glasses = saved
+    before = torch.get_num_threads()
+    try:
+        res = _eval(model, glasses, tmp_path / "g", "--defense", "sgm", "--sample", "--num-samples", "2",
+                    "--greedy-vqa", "--threads", "1")
+        assert res.exit_code == 0, res.output
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    samples = [json.loads(line) for line in (tmp_path / "g" / "samples.jsonl").read_text().splitlines()]
+    vqa = [s for s in samples if s["kind"] == "vqa"]
+    assert vqa and all(s["sample"] == 0 and not s["sampling"]["do_sample"] for s in vqa)
+    assert {s["sample"] for s in samples if s["kind"] != "vqa"} == {0, 1}
+    assert json.loads((tmp_path / "g" / "results.json").read_text())["config"]["greedy_kinds"] == ["vqa"]
+    bad = _eval(model, glasses, tmp_path / "h", "--threads", "0")
+    assert bad.exit_code == 2 and "error:" in bad.output

@@ -91,6 +91,8 @@ def eval_command(
     dtype: Optional[str] = typer.Option(None, help="float32 | bfloat16 | float16 | auto."),
     device_map: Optional[str] = typer.Option(None, help="e.g. auto (needs accelerate)."),
     judge_device: str = typer.Option("cpu", help="Device of model judges: cpu | cuda | auto."),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice; 1 suits small "
+                                                      "models on a busy machine)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Evaluate a model on MM-TOXIC-QA: harmful rate (with CIs) per condition and category, over-refusal,
@@ -105,6 +107,12 @@ def _run_eval(**kw: Any) -> None:
     from .pipeline import evaluate
     from .runner import RunConfig, SamplingConfig
 
+    if kw["threads"] is not None:
+        if kw["threads"] < 1:
+            raise ValueError("--threads must be >= 1")
+        import torch
+
+        torch.set_num_threads(kw["threads"])
     conds = _split(kw["conditions"])
     defenses = list(dict.fromkeys(kw["defense"] or (["sgm"] if kw["glasses"] else [])))
     if kw["baseline"] and "none" not in defenses:
