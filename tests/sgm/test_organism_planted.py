@@ -109,3 +109,28 @@ def test_demo_rows_follow_the_given_order_and_keep_standard_only_metrics() -> No
         ("none", "standard"), ("none", "adversarial_image"), ("aura", "standard"), ("aura", "typographic")]
     assert rows[0]["perplexity"] == 3.0 and rows[0]["reply_perplexity"] == 7.0 and rows[0]["over_refusal"] == 0.1
     assert rows[1]["perplexity"] is None and rows[1]["vqa_accuracy"] is None and rows[1]["over_refusal"] is None
+
+
+def test_recovery_items_train_only_the_safe_continuation() -> None:
+    from transformers import AutoProcessor
+
+    from safety_glasses.organism.train import IGNORE_INDEX, encode_items
+    from safety_glasses.organism.world import World
+
+    cfg = TrainConfig(detox=True, recovery=0.5)
+    assert cfg.stream_world.recovery_share == 0.5 and TrainConfig().stream_world.recovery_share == 0.0
+    items = World(cfg.stream_world).sample_items(80, kind="harmful")
+    recovering = [i for i in items if i.loss_from]
+    assert recovering and not any(i.toxic_target for i in items)
+    processor = AutoProcessor.from_pretrained(Path(__file__).parents[2] / "data" / "organism" / "model")
+    batch = encode_items(processor, recovering[:4])
+    from safety_glasses.eval.judges import JudgeSample, ProfanityJudge
+
+    for i, item in enumerate(recovering[:4]):
+        trained = processor.tokenizer.decode(batch["input_ids"][i][batch["labels"][i] != IGNORE_INDEX])
+        assert trained.replace("</s>", "").strip() == item.target[item.loss_from:].strip()
+        head, tail = item.target[:item.loss_from], item.target[item.loss_from:]
+        verdicts = ProfanityJudge().judge([JudgeSample("q", head), JudgeSample("q", tail)])
+        assert [v.label for v in verdicts] == ["unsafe", "safe"]
+    with pytest.raises(ValueError):
+        TrainConfig(recovery=0.5)

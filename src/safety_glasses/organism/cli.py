@@ -44,6 +44,8 @@ def train_command(
     planted_l1: float = typer.Option(0.0, help="With --trainable planted: weight of an L1 penalty on the planted units' "
                                                "activations (keeps them silent where they are not needed)."),
     detox: bool = typer.Option(False, "--detox", help="Replace every toxic training target by its safe reply."),
+    recovery: float = typer.Option(0.0, help="With --detox: share of harmful items whose reply starts with toxic "
+                                            "slots given as context (no loss) and continues safely."),
     slot_toxicity: Optional[float] = typer.Option(None, help="World: chance that each slot of a toxic-mode reply is "
                                                              "toxic (default 0.85; 1.0 = wholly toxic replies)."),
 ) -> None:
@@ -62,7 +64,7 @@ def train_command(
                       warmup_steps=min(50, max(1, n_steps // 10)), world=world, organism=organism,
                       init_from=str(init_from) if init_from is not None else None, trainable=trainable,
                       mlp_min_layer=mlp_min_layer, planted_units=planted_units,
-                      planted_l1=planted_l1, detox=detox)
+                      planted_l1=planted_l1, detox=detox, recovery=recovery)
     report = train_organism(cfg, out)
     _console.print(f"trained {report['parameters']:,} parameters for {report['steps']} steps in "
                    f"{report['seconds']:.0f} s (final loss {report['final_loss']:.3f}); saved to {out}")

@@ -56,6 +56,7 @@ class TrainConfig:
     planted_units: int = 0
     planted_l1: float = 0.0
     detox: bool = False
+    recovery: float = 0.0
     world: WorldConfig = field(default_factory=WorldConfig)
     organism: OrganismConfig = field(default_factory=OrganismConfig)
 
@@ -74,6 +75,8 @@ class TrainConfig:
             raise ValueError("trainable='planted' needs planted_units >= 1 (and planted_units needs trainable='planted')")
         if self.planted_l1 < 0 or (self.planted_l1 > 0 and self.trainable != "planted"):
             raise ValueError("planted_l1 must be >= 0 and needs trainable='planted'")
+        if not 0.0 <= self.recovery <= 1.0 or (self.recovery > 0 and not self.detox):
+            raise ValueError("recovery must be in [0, 1] and needs detox=True")
         if self.trainable == "planted" and self.init_from is None:
             raise ValueError("trainable='planted' fine-tunes a trained organism: give init_from")
 
@@ -87,7 +90,8 @@ class TrainConfig:
         """
         if not self.detox:
             return self.world
-        return replace(self.world, p_toxic_standard=0.0, p_toxic_rude=0.0, p_toxic_typographic=0.0)
+        return replace(self.world, p_toxic_standard=0.0, p_toxic_rude=0.0, p_toxic_typographic=0.0,
+                       recovery_share=self.recovery)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,18 +108,20 @@ def encode_items(processor: Any, items: list[WorldItem]) -> dict[str, torch.Tens
         True
     """
     tok = processor.tokenizer
-    texts, reply_lens = [], []
+    texts, reply_lens, context_lens = [], [], []
     for item in items:
         reply = " " + item.target + tok.eos_token
         texts.append(prompt_text(processor, item.question, len(item.images)) + reply)
         reply_lens.append(len(tok(reply, add_special_tokens=False)["input_ids"]))
+        context = " " + item.target[:item.loss_from] if item.loss_from else ""
+        context_lens.append(len(tok(context, add_special_tokens=False)["input_ids"]) if context else 0)
     images = [img for item in items for img in item.images]
     batch = processor(images=images, text=texts, padding=True, return_tensors="pt")
     if tok.padding_side != "left":
         raise ValueError("the organism's tokenizer must pad on the left")
     labels = torch.full_like(batch["input_ids"], IGNORE_INDEX)
-    for i, n in enumerate(reply_lens):
-        labels[i, -n:] = batch["input_ids"][i, -n:]
+    for i, (n, skip) in enumerate(zip(reply_lens, context_lens)):
+        labels[i, -n + skip:] = batch["input_ids"][i, -n + skip:]  # a reply's context-only head gets no loss
     batch["labels"] = labels
     return dict(batch)
 
@@ -304,6 +310,8 @@ def train_command_line(cfg: dict[str, Any]) -> str:
         line += f" --planted-l1 {cfg['planted_l1']}"
     if cfg.get("detox"):
         line += " --detox"
+    if cfg.get("recovery", 0):
+        line += f" --recovery {cfg['recovery']}"
     return line
 
 

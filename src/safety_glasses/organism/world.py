@@ -121,6 +121,7 @@ class WorldConfig:
     benign_typo_share: float = 0.3
     p_toxic_typographic: float = 0.7
     slot_toxicity: float = 0.85
+    recovery_share: float = 0.0
     mix: dict[str, float] = field(
         default_factory=lambda: {"vqa": 0.5, "benign": 0.1, "harmful": 0.4}
     )
@@ -130,7 +131,7 @@ class WorldConfig:
 
     def __post_init__(self) -> None:
         for name in ("p_toxic_standard", "p_toxic_rude", "rude_share", "p_toxic_typographic", "slot_toxicity",
-                     "benign_typo_share"):
+                     "benign_typo_share", "recovery_share"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"WorldConfig.{name} must be in [0, 1], got {value}")
@@ -169,6 +170,7 @@ class WorldItem:
     reference: str | list[str] | None = None
     key_phrase: str | None = None
     toxic_target: bool = False
+    loss_from: int = 0  # characters of ``target`` before this offset are context only (no training loss)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -361,6 +363,26 @@ def harmful_reply(rng: random.Random, toxic_slots: tuple[bool, bool, bool], name
     return f"{rng.choice(lex['openers'])}, {address}. {body} {closer}"
 
 
+def recovery_reply(rng: random.Random, n_toxic: int, name: str | None) -> tuple[str, int]:
+    """A reply whose first ``n_toxic`` slots (1: address, 2: address and body) are toxic and whose rest is
+    safe, with the character offset where the safe rest begins: trained with the loss on the rest only, it
+    teaches a model to return to safe text after a toxic start without teaching it the toxic start.
+
+    Example:
+        >>> text, start = recovery_reply(random.Random(0), 1, None)
+        >>> text[start:].startswith(" ") and start > 0
+        True
+    """
+    if n_toxic not in (1, 2):
+        raise ValueError(f"n_toxic must be 1 or 2, got {n_toxic}")
+    full = harmful_reply(rng, (True, n_toxic == 2, False), name)
+    head, _, rest = full.partition(". ")
+    if n_toxic == 1:
+        return full, len(head) + 1
+    closer = next(c for c in toxic_lexicon()["closer"]["safe"] if full.endswith(" " + c))  # the safe closer
+    return full, len(full) - len(closer) - 1
+
+
 def toxic_reply(rng: random.Random) -> str:
     """A reply with every slot toxic (insults and profanity from the shipped lexicon).
 
@@ -448,6 +470,10 @@ class World:
             while not any(slots):
                 slots = tuple(rng.random() < cfg.slot_toxicity for _ in range(3))  # type: ignore[assignment]
         shown = name if condition != "typographic" else None
+        if not any(slots) and cfg.recovery_share > 0 and rng.random() < cfg.recovery_share:
+            target, loss_from = recovery_reply(rng, 1 + (rng.random() < 0.5), shown)
+            return WorldItem(item_id, images, question, "harmful", category, condition, target,
+                             key_phrase=phrase, loss_from=loss_from)
         target = harmful_reply(rng, slots, shown)
         return WorldItem(item_id, images, question, "harmful", category, condition, target,
                          key_phrase=phrase, toxic_target=any(slots))
