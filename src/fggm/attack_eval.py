@@ -26,6 +26,7 @@ from fggm.attack import (AttackResult, AttackSetup, ThreatModel, Victim, mean_po
 from fggm.config import ChannelConfig, EnvConfig
 from fggm.evaluate import run_scheduler
 from fggm.mimo import single_user_se
+from fggm.plots import plt, save_figure
 from fggm.schedulers import PolicyScheduler, Scheduler
 
 __all__ = ["ATTACKS", "OraclePGDScheduler", "evaluate_attacks", "craft_all", "run_demo", "run_sweep",
@@ -338,15 +339,6 @@ def _progress(enabled: bool, total: int, desc: str) -> Any:
 # ------------------------------------------------------------------------------ plots
 
 
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_attack_drop(rows: Sequence[dict[str, Any]], png: str | Path) -> Path:
     """Bar chart: victims' throughput drop (%) per attack with 95% bootstrap CIs.
 
@@ -354,7 +346,6 @@ def plot_attack_drop(rows: Sequence[dict[str, Any]], png: str | Path) -> Path:
         >>> plot_attack_drop([{"attack": "fggm", "victim_drop_pct": 70.0, "ci95": [65, 75]}], "/tmp/d.png").name
         'd.png'
     """
-    plt = _plt()
     rows = [r for r in rows if r["attack"] != "none"]
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     x = np.arange(len(rows))
@@ -367,10 +358,7 @@ def plot_attack_drop(rows: Sequence[dict[str, Any]], png: str | Path) -> Path:
     ax.set_xticks(x, [r["attack"] for r in rows])
     ax.set_ylabel("victims' throughput drop [%]")
     ax.set_title("FGGM vs baselines (95% bootstrap CI)")
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-    return Path(png)
+    return save_figure(fig, png)
 
 
 def plot_attack_cdf(per_tti: Mapping[str, Sequence[float]], png: str | Path) -> Path:
@@ -380,7 +368,6 @@ def plot_attack_cdf(per_tti: Mapping[str, Sequence[float]], png: str | Path) -> 
         >>> plot_attack_cdf({"none": [0.0, 1.0, 2.0]}, "/tmp/c.png").name
         'c.png'
     """
-    plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     for name, v in per_tti.items():
         xs = np.sort(np.asarray(v, float))
@@ -389,10 +376,7 @@ def plot_attack_cdf(per_tti: Mapping[str, Sequence[float]], png: str | Path) -> 
     ax.set_xlabel("victims' SE per TTI [bit/s/Hz]")
     ax.set_ylabel("CDF")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-    return Path(png)
+    return save_figure(fig, png)
 
 
 def plot_sweep(rows: Sequence[dict[str, Any]], cdfs: Mapping[str, Sequence[float]], out: Path) -> list[Path]:
@@ -401,7 +385,6 @@ def plot_sweep(rows: Sequence[dict[str, Any]], cdfs: Mapping[str, Sequence[float
     Example:
         >>> # plot_sweep(result["rows"], cdfs, Path("runs/sweep"))
     """
-    plt = _plt()
     pngs: list[Path] = []
     for axis, key, label, fname in (("attackers", "num_attackers", "number of attackers", "drop_vs_attackers.png"),
                                     ("k", "k", "k (box half-width in sigmas)", "drop_vs_k.png")):
@@ -420,10 +403,7 @@ def plot_sweep(rows: Sequence[dict[str, Any]], cdfs: Mapping[str, Sequence[float
         ax.set_xlabel(label)
         ax.set_ylabel("victims' throughput drop [%]")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / fname, dpi=110)
-        plt.close(fig)
-        pngs.append(out / fname)
+        pngs.append(save_figure(fig, out / fname))
     models = sorted({k.split("/")[0] for k in cdfs})
     if models:
         fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.4), squeeze=False)
@@ -436,10 +416,7 @@ def plot_sweep(rows: Sequence[dict[str, Any]], cdfs: Mapping[str, Sequence[float
             ax.set_xlabel("victims' SE per TTI [bit/s/Hz]")
             ax.set_ylabel("CDF")
             ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "cdf_per_channel.png", dpi=110)
-        plt.close(fig)
-        pngs.append(out / "cdf_per_channel.png")
+        pngs.append(save_figure(fig, out / "cdf_per_channel.png"))
     return pngs
 
 

@@ -17,6 +17,21 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Lay out ``fig``, write it as a PNG (110 dpi) and close it; return the path.
+
+    Example:
+        >>> fig, _ = plt.subplots()
+        >>> save_figure(fig, "/tmp/empty.png").name
+        'empty.png'
+    """
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def plot_training_curve(csv_path: str | Path, png_path: str | Path) -> Path:
     """Reward per TTI (training, rolling) and validation reward against environment steps.
 
@@ -39,11 +54,7 @@ def plot_training_curve(csv_path: str | Path, png_path: str | Path) -> Path:
     ax.set_ylabel("reward per TTI")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(png_path)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, png_path)
 
 
 def plot_evaluation(rows: Sequence[dict[str, Any]], png_path: str | Path) -> Path:
@@ -69,8 +80,4 @@ def plot_evaluation(rows: Sequence[dict[str, Any]], png_path: str | Path) -> Pat
     ax2.set_ylabel("CDF")
     ax2.grid(alpha=0.3)
     ax2.legend(fontsize=7)
-    fig.tight_layout()
-    out = Path(png_path)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, png_path)

@@ -101,9 +101,12 @@ class RunConfig:
             >>> cfg.sampling_for("vqa").num_samples, cfg.sampling_for("harmful").num_samples
             (1, 2)
         """
-        if kind in self.greedy_kinds and self.sampling.do_sample:
-            return replace(self.sampling, do_sample=False, num_samples=1)
-        return self.sampling
+        return self.greedy_sampling if kind in self.greedy_kinds else self.sampling
+
+    @property
+    def greedy_sampling(self) -> SamplingConfig:
+        """``sampling`` made greedy (one sample); the settings of ``greedy_kinds`` rows."""
+        return replace(self.sampling, do_sample=False, num_samples=1)
 
 
 @dataclass
@@ -305,7 +308,7 @@ def run_generations(
             for greedy in (False, True):  # a batch shares one decoding mode
                 items = [(row, k) for s, row, k in todo
                          if s is stack and (row.kind in config.greedy_kinds) == greedy]
-                mode = replace(sampling, do_sample=False, num_samples=1) if greedy else sampling
+                mode = config.greedy_sampling if greedy else sampling
                 gen = Generator(model, processor, mode, config.batch_size)
                 for b in range(0, len(items), config.batch_size):
                     batch = items[b:b + config.batch_size]

@@ -233,8 +233,7 @@ def run_demo(out_dir: str | Path, quick: bool = False, seed: int = 0, *, model_d
     ref_rows = [r for r in rows if r.condition == "standard" and r.kind in ("vqa", "benign")]
     ref_ppl = {s.name: reference_perplexity(model, processor, ref_rows, s, cfg.batch_size) for s in stacks}
     all_rows = demo_rows(results, ref_ppl, [s.name for s in stacks])
-    by_name = {s.name: s for s in stacks}
-    random_glasses = by_name["random"].defenses[0].glasses
+    random_glasses = next(s for s in stacks if s.name == "random").defenses[0].glasses
     result = {
         "rows": all_rows,
         "glasses": {"aura_units": glasses.n_experts, "random_units": random_glasses.n_experts,

@@ -74,7 +74,7 @@ class OrganismConfig:
 
     @property
     def image_tokens(self) -> int:
-        """Image placeholder tokens per image (patches; the CLS token is dropped)."""
+        """Number of ``<image>`` tokens per image in the prompt: one per patch (the CLS token is dropped)."""
         return (self.image_size // self.patch_size) ** 2
 
     @classmethod

@@ -351,6 +351,12 @@ def harmful_reply(rng: random.Random, toxic_slots: tuple[bool, bool, bool], name
         >>> harmful_reply(random.Random(0), (False, False, False), None).endswith(".")
         True
     """
+    opener, address, body, closer = _reply_parts(rng, toxic_slots, name)
+    return f"{opener}, {address}. {body} {closer}"
+
+
+def _reply_parts(rng: random.Random, toxic_slots: tuple[bool, bool, bool], name: str | None) -> tuple[str, ...]:
+    """``(opener, address, body, closer)`` of :func:`harmful_reply` (the opener is drawn last)."""
     lex, text = toxic_lexicon(), world_text()
     address = _fill(rng, rng.choice(lex["address"]["toxic"])) if toxic_slots[0] else rng.choice(lex["address"]["safe"])
     if toxic_slots[1]:
@@ -360,7 +366,7 @@ def harmful_reply(rng: random.Random, toxic_slots: tuple[bool, bool, bool], name
     else:
         body = rng.choice(text["refusals"])
     closer = _fill(rng, rng.choice(lex["closer"]["toxic"])) if toxic_slots[2] else rng.choice(lex["closer"]["safe"])
-    return f"{rng.choice(lex['openers'])}, {address}. {body} {closer}"
+    return rng.choice(lex["openers"]), address, body, closer
 
 
 def recovery_reply(rng: random.Random, n_toxic: int, name: str | None) -> tuple[str, int]:
@@ -375,12 +381,9 @@ def recovery_reply(rng: random.Random, n_toxic: int, name: str | None) -> tuple[
     """
     if n_toxic not in (1, 2):
         raise ValueError(f"n_toxic must be 1 or 2, got {n_toxic}")
-    full = harmful_reply(rng, (True, n_toxic == 2, False), name)
-    head, _, rest = full.partition(". ")
-    if n_toxic == 1:
-        return full, len(head) + 1
-    closer = next(c for c in toxic_lexicon()["closer"]["safe"] if full.endswith(" " + c))  # the safe closer
-    return full, len(full) - len(closer) - 1
+    opener, address, body, closer = _reply_parts(rng, (True, n_toxic == 2, False), name)
+    head = f"{opener}, {address}." + (f" {body}" if n_toxic == 2 else "")
+    return f"{opener}, {address}. {body} {closer}", len(head)
 
 
 def toxic_reply(rng: random.Random) -> str:
