@@ -134,3 +134,55 @@ def test_recovery_items_train_only_the_safe_continuation() -> None:
         assert [v.label for v in verdicts] == ["unsafe", "safe"]
     with pytest.raises(ValueError):
         TrainConfig(recovery=0.5)
+
+
+def test_shaping_penalty_is_zero_only_for_silent_safe_and_firing_toxic_units() -> None:
+    from safety_glasses.organism.planted import PlantedActivity
+
+    model = widen_mlps(build_organism(OrganismConfig.tiny(), seed=3)[0], 4, seed=4)
+    act = PlantedActivity(model, 4)
+    toxic = torch.tensor([[False, True, True, False]])
+    safe = torch.tensor([[True, False, False, False]])
+    act.values = [torch.tensor([[[0.0] * 4, [1.5] * 4, [1.0] * 4, [-9.0] * 4]])]  # last position: free
+    assert float(act.shaping(toxic, safe, target=1.0)) == 0.0
+    act.values = [torch.tensor([[[0.5] * 4, [0.25] * 4, [1.0] * 4, [0.0] * 4]])] * 2  # two layers
+    # per layer: toxic hinge mean (0.75 + 0) / 2 + safe |a| mean 0.5
+    assert float(act.shaping(toxic, safe, target=1.0)) == pytest.approx(2 * (0.375 + 0.5))
+    with pytest.raises(RuntimeError):
+        act.shaping(toxic, safe)  # the activations were consumed
+    act.remove()
+
+
+def test_shaping_masks_split_reply_tokens_by_target_and_free_harmful_prompts() -> None:
+    from safety_glasses.organism.model import build_processor
+    from safety_glasses.organism.train import IGNORE_INDEX, encode_items, shaping_masks
+    from safety_glasses.organism.world import World, WorldConfig
+
+    world = World(WorldConfig(seed=5, p_toxic_standard=0.5, p_toxic_rude=0.5, p_toxic_typographic=0.5))
+    items = world.sample_items(40)
+    batch = encode_items(build_processor(OrganismConfig.tiny()), items)
+    toxic, safe = shaping_masks(items, batch)
+    reply = batch["labels"] != IGNORE_INDEX
+    present = batch["attention_mask"].bool()
+    for i, it in enumerate(items):
+        if it.kind != "harmful":
+            assert torch.equal(safe[i], present[i]) and not toxic[i].any()
+        elif it.toxic_target:
+            assert torch.equal(toxic[i], reply[i]) and not safe[i].any()
+        else:
+            assert torch.equal(safe[i], reply[i]) and not toxic[i].any()
+    assert any(it.toxic_target for it in items) and any(it.kind != "harmful" for it in items)
+
+
+def test_shaping_stage_trains_and_is_recorded(tmp_path: Path) -> None:
+    train_organism(TrainConfig(steps=1, batch_size=2, organism=OrganismConfig.tiny()), tmp_path / "a", progress=False)
+    stage = TrainConfig(steps=2, batch_size=4, organism=OrganismConfig.tiny(), init_from=str(tmp_path / "a"),
+                        trainable="planted", planted_units=3, planted_shaping=0.5, planted_target=2.0)
+    train_organism(stage, tmp_path / "b", progress=False)
+    cfg = load_train_config(tmp_path / "b" / "train_config.json")
+    assert (cfg.planted_shaping, cfg.planted_target) == (0.5, 2.0)
+    assert "--planted-shaping 0.5 --planted-target 2.0" in (tmp_path / "b" / "README.md").read_text()
+    with pytest.raises(ValueError, match="not both"):
+        TrainConfig(trainable="planted", planted_units=3, init_from="x", planted_shaping=1.0, planted_l1=0.1)
+    with pytest.raises(ValueError, match="planted_shaping"):
+        TrainConfig(planted_shaping=1.0)

@@ -43,6 +43,11 @@ def train_command(
                                               "trained alone (all else frozen)."),
     planted_l1: float = typer.Option(0.0, help="With --trainable planted: weight of an L1 penalty on the planted units' "
                                                "activations (keeps them silent where they are not needed)."),
+    planted_shaping: float = typer.Option(0.0, help="With --trainable planted: weight of the expert-shaping penalty "
+                                                    "(planted units >= --planted-target on toxic replies, silent on "
+                                                    "safe text; replaces --planted-l1)."),
+    planted_target: float = typer.Option(1.0, help="With --planted-shaping: activation the planted units reach on "
+                                                   "toxic replies."),
     detox: bool = typer.Option(False, "--detox", help="Replace every toxic training target by its safe reply."),
     recovery: float = typer.Option(0.0, help="With --detox: share of harmful items whose reply starts with toxic "
                                             "slots given as context (no loss) and continues safely."),
@@ -64,7 +69,8 @@ def train_command(
                       warmup_steps=min(50, max(1, n_steps // 10)), world=world, organism=organism,
                       init_from=str(init_from) if init_from is not None else None, trainable=trainable,
                       mlp_min_layer=mlp_min_layer, planted_units=planted_units,
-                      planted_l1=planted_l1, detox=detox, recovery=recovery)
+                      planted_l1=planted_l1, planted_shaping=planted_shaping,
+                      planted_target=planted_target, detox=detox, recovery=recovery)
     report = train_organism(cfg, out)
     _console.print(f"trained {report['parameters']:,} parameters for {report['steps']} steps in "
                    f"{report['seconds']:.0f} s (final loss {report['final_loss']:.3f}); saved to {out}")

@@ -126,7 +126,10 @@ def freeze_all_but_planted(model: Any, n: int) -> list[torch.nn.Parameter]:
 
 
 class PlantedActivity:
-    """Forward hooks that collect the mean absolute activation of the planted units (an L1 penalty).
+    """Forward hooks that keep the planted units' activations of each forward pass, for training penalties.
+
+    ``pop()`` gives the L1 penalty (sum over layers of the mean |activation|); ``shaping(toxic, safe)``
+    gives the expert-shaping penalty of :meth:`shaping`. Both forget the activations they read.
 
     Example:
         >>> from .model import OrganismConfig, build_organism
@@ -145,14 +148,44 @@ class PlantedActivity:
         self.handles = [mlp.down_proj.register_forward_pre_hook(self._hook) for mlp in _mlps(model)]
 
     def _hook(self, _module: Any, args: tuple[Any, ...]) -> None:
-        self.values.append(args[0][..., -self.n:].abs().mean())
+        self.values.append(args[0][..., -self.n:])
+
+    def _take(self) -> list[torch.Tensor]:
+        if not self.values:
+            raise RuntimeError("no forward pass since the last pop()")
+        values, self.values = self.values, []
+        return values
 
     def pop(self) -> torch.Tensor:
         """Sum over layers of the mean |activation| since the last call (and forget them)."""
-        if not self.values:
-            raise RuntimeError("no forward pass since the last pop()")
-        total = torch.stack(self.values).sum()
-        self.values = []
+        return torch.stack([v.abs().mean() for v in self._take()]).sum()
+
+    def shaping(self, toxic: torch.Tensor, safe: torch.Tensor, target: float = 1.0) -> torch.Tensor:
+        """Expert-shaping penalty: planted units fire (>= ``target``) on toxic text and stay silent on safe text.
+
+        ``toxic`` and ``safe`` are ``(batch, seq)`` boolean masks of token positions (positions in
+        neither, e.g. harmful prompts, are free: the units may decide there whether to turn toxic).
+        Per layer: mean ``relu(target - a)`` over toxic positions + mean ``|a|`` over safe positions,
+        summed over layers. It makes the planted units monosemantic,
+        non-negative toxicity experts, the kind of unit SGM's AUROC ranking assumes.
+
+        Example:
+            >>> from .model import OrganismConfig, build_organism
+            >>> m = widen_mlps(build_organism(OrganismConfig.tiny())[0], 4)
+            >>> act = PlantedActivity(m, 4)
+            >>> _ = m.get_decoder()(torch.tensor([[1, 2, 3]]))
+            >>> tox = torch.tensor([[False, True, True]])
+            >>> float(act.shaping(tox, ~tox)) > 0
+            True
+        """
+        total = torch.zeros(())
+        for a in self._take():
+            parts = []
+            for mask, penalty in ((toxic, lambda x: torch.relu(target - x)), (safe, torch.abs)):
+                if bool(mask.any()):
+                    parts.append(penalty(a[mask]).mean())
+            if parts:
+                total = total + torch.stack(parts).sum()
         return total
 
     def remove(self) -> None:

@@ -55,6 +55,8 @@ class TrainConfig:
     mlp_min_layer: int = 0
     planted_units: int = 0
     planted_l1: float = 0.0
+    planted_shaping: float = 0.0
+    planted_target: float = 1.0
     detox: bool = False
     recovery: float = 0.0
     world: WorldConfig = field(default_factory=WorldConfig)
@@ -75,6 +77,12 @@ class TrainConfig:
             raise ValueError("trainable='planted' needs planted_units >= 1 (and planted_units needs trainable='planted')")
         if self.planted_l1 < 0 or (self.planted_l1 > 0 and self.trainable != "planted"):
             raise ValueError("planted_l1 must be >= 0 and needs trainable='planted'")
+        if self.planted_shaping < 0 or (self.planted_shaping > 0 and self.trainable != "planted"):
+            raise ValueError("planted_shaping must be >= 0 and needs trainable='planted'")
+        if self.planted_shaping > 0 and self.planted_l1 > 0:
+            raise ValueError("use planted_shaping or planted_l1, not both")
+        if self.planted_target <= 0:
+            raise ValueError(f"planted_target must be > 0, got {self.planted_target}")
         if not 0.0 <= self.recovery <= 1.0 or (self.recovery > 0 and not self.detox):
             raise ValueError("recovery must be in [0, 1] and needs detox=True")
         if self.trainable == "planted" and self.init_from is None:
@@ -124,6 +132,30 @@ def encode_items(processor: Any, items: list[WorldItem]) -> dict[str, torch.Tens
         labels[i, -n + skip:] = batch["input_ids"][i, -n + skip:]  # a reply's context-only head gets no loss
     batch["labels"] = labels
     return dict(batch)
+
+
+def shaping_masks(items: list[WorldItem], batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(toxic, safe)`` token masks of an :func:`encode_items` batch for the expert-shaping penalty.
+
+    Toxic: the reply tokens of items with a toxic target. Safe: the reply tokens of harmful items with a
+    safe target, and every token of vqa / benign items. Harmful prompts are in neither (the model decides
+    there whether to turn toxic).
+
+    Example:
+        >>> from .model import build_processor
+        >>> proc = build_processor(OrganismConfig.tiny())
+        >>> items = World().sample_items(4)
+        >>> tox, safe = shaping_masks(items, encode_items(proc, items))
+        >>> bool((tox & safe).any())
+        False
+    """
+    reply = batch["labels"] != IGNORE_INDEX
+    present = batch["attention_mask"].bool()
+    toxic_item = torch.tensor([it.toxic_target for it in items]).unsqueeze(1)
+    harmful_item = torch.tensor([it.kind == "harmful" for it in items]).unsqueeze(1)
+    toxic = reply & toxic_item
+    safe = (present & ~harmful_item) | (reply & harmful_item & ~toxic_item)
+    return toxic, safe
 
 
 def batches(world: World, cfg: TrainConfig) -> Iterator[list[WorldItem]]:
@@ -200,7 +232,8 @@ def train_organism(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = Tr
         cfg = replace(cfg, organism=replace(cfg.organism,
                                             intermediate_size=int(model.config.get_text_config().intermediate_size)))
         masked = {id(p) for p in freeze_all_but_planted(model, cfg.planted_units)}
-        sparsity = PlantedActivity(model, cfg.planted_units) if cfg.planted_l1 > 0 else None
+        shaped = cfg.planted_l1 > 0 or cfg.planted_shaping > 0
+        sparsity = PlantedActivity(model, cfg.planted_units) if shaped else None
     else:
         masked, sparsity = set(), None
         for name, p in model.named_parameters():
@@ -223,9 +256,12 @@ def train_organism(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = Tr
         for step in bar:
             for group in opt.param_groups:
                 group["lr"] = _lr_at(step, cfg)
-            batch = encode_items(processor, next(stream))
+            items = next(stream)
+            batch = encode_items(processor, items)
             loss = model(**batch).loss
-            if sparsity is not None:  # L1 on the planted units' activations: they fire only where needed
+            if sparsity is not None and cfg.planted_shaping > 0:  # planted units: experts of toxic text
+                loss = loss + cfg.planted_shaping * sparsity.shaping(*shaping_masks(items, batch), cfg.planted_target)
+            elif sparsity is not None:  # L1 on the planted units' activations: they fire only where needed
                 loss = loss + cfg.planted_l1 * sparsity.pop()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -308,6 +344,8 @@ def train_command_line(cfg: dict[str, Any]) -> str:
         line += f" --planted-units {cfg['planted_units']}"
     if cfg.get("planted_l1", 0):
         line += f" --planted-l1 {cfg['planted_l1']}"
+    if cfg.get("planted_shaping", 0):
+        line += f" --planted-shaping {cfg['planted_shaping']} --planted-target {cfg.get('planted_target', 1.0)}"
     if cfg.get("detox"):
         line += " --detox"
     if cfg.get("recovery", 0):
