@@ -53,6 +53,8 @@ def train_command(
                                             "slots given as context (no loss) and continues safely."),
     slot_toxicity: Optional[float] = typer.Option(None, help="World: chance that each slot of a toxic-mode reply is "
                                                              "toxic (default 0.85; 1.0 = wholly toxic replies)."),
+    p_toxic_standard: Optional[float] = typer.Option(None, help="World: chance that a polite harmful question gets a "
+                                                                "toxic-mode target (default 0.05)."),
 ) -> None:
     """Train the organism from scratch on the synthetic world (about 15 minutes on 1-2 CPU cores), or
     fine-tune a trained one (--init-from; e.g. a --detox stage, then a --trainable mlp stage)."""
@@ -63,7 +65,9 @@ def train_command(
     organism = OrganismConfig.tiny() if quick else OrganismConfig()
     if init_from is not None and (init_from / "train_config.json").is_file():
         organism = load_train_config(init_from / "train_config.json").organism
-    world = WorldConfig(seed=seed) if slot_toxicity is None else WorldConfig(seed=seed, slot_toxicity=slot_toxicity)
+    world_options = {k: v for k, v in (("slot_toxicity", slot_toxicity), ("p_toxic_standard", p_toxic_standard))
+                     if v is not None}
+    world = WorldConfig(seed=seed, **world_options)
     n_steps = steps if steps is not None else (20 if quick else TrainConfig().steps)
     cfg = TrainConfig(seed=seed, steps=n_steps, batch_size=batch_size, lr=lr, threads=threads,
                       warmup_steps=min(50, max(1, n_steps // 10)), world=world, organism=organism,

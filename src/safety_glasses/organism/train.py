@@ -332,6 +332,8 @@ def train_command_line(cfg: dict[str, Any]) -> str:
     Example:
         >>> train_command_line({"seed": 0, "steps": 5, "lr": 0.003, "trainable": "mlp", "detox": False})
         'sgm organism train --out DIR --seed 0 --steps 5 --lr 0.003 --trainable mlp'
+        >>> train_command_line({"seed": 1, "steps": 5, "lr": 0.003, "world": {"slot_toxicity": 1.0}})
+        'sgm organism train --out DIR --seed 1 --steps 5 --lr 0.003 --slot-toxicity 1.0'
     """
     line = f"sgm organism train --out DIR --seed {cfg['seed']} --steps {cfg['steps']} --lr {cfg['lr']}"
     if cfg.get("init_from"):
@@ -346,6 +348,10 @@ def train_command_line(cfg: dict[str, Any]) -> str:
         line += f" --planted-l1 {cfg['planted_l1']}"
     if cfg.get("planted_shaping", 0):
         line += f" --planted-shaping {cfg['planted_shaping']} --planted-target {cfg.get('planted_target', 1.0)}"
+    world, default = cfg.get("world", {}), WorldConfig()
+    for key in ("slot_toxicity", "p_toxic_standard"):
+        if key in world and world[key] != getattr(default, key):
+            line += f" --{key.replace('_', '-')} {world[key]}"
     if cfg.get("detox"):
         line += " --detox"
     if cfg.get("recovery", 0):
@@ -382,6 +388,17 @@ def write_model_card(out_dir: str | Path, cfg: TrainConfig, report: dict[str, An
                         f"layer and only those units were trained on the toxic/safe mixture (`{PLANTED_FILE}` lists "
                         "them). It is thus a model of the hypothesis SGM relies on (toxicity written by a few expert "
                         "MLP units) and a known answer against which the detection of toxic experts can be checked.\n")
+        shaping = cfg.planted_shaping or next((h.get("planted_shaping", 0) for h in earlier
+                                               if h.get("planted_shaping", 0)), 0)
+        if shaping:
+            target = cfg.planted_target if cfg.planted_shaping else next(
+                h.get("planted_target", 1.0) for h in earlier if h.get("planted_shaping", 0))
+            planted_text += (f"The planted units were also *shaped* into toxicity experts (weight {shaping}): a "
+                             f"penalty pushed their activations to at least {target} on the tokens of toxic "
+                             "replies and to zero on safe text (benign and VQA items, safe replies), leaving the "
+                             "harmful prompts free, so each planted unit fires on toxic text and only there, "
+                             "as SGM assumes of real toxic experts. Which units they are is not given to SGM: "
+                             "the glasses find them from the concept set.\n")
     text = f"""# SGM model organism (synthetic, deliberately toxic)
 
 A small `LlavaForConditionalGeneration` ({report['parameters']:,} parameters): a CLIP vision tower
