@@ -81,10 +81,12 @@ def test_train_cli_plants_units_with_l1_and_records_the_world(tmp_path: Path) ->
 
     runner = CliRunner()
     base = runner.invoke(app, ["organism", "train", "--quick", "--steps", "2", "--out", str(tmp_path / "a"),
-                               "--slot-toxicity", "1.0", "--p-toxic-standard", "0.3"])
+                               "--slot-toxicity", "1.0", "--p-toxic-standard", "0.3",
+                               "--p-toxic-typographic", "0.8"])
     assert base.exit_code == 0, base.output
     world = json.loads((tmp_path / "a" / "world_config.json").read_text())
-    assert (world["slot_toxicity"], world["p_toxic_standard"], world["p_toxic_rude"]) == (1.0, 0.3, 0.9)
+    assert (world["slot_toxicity"], world["p_toxic_standard"], world["p_toxic_typographic"]) == (1.0, 0.3, 0.8)
+    assert world["p_toxic_rude"] == 0.9
     res = runner.invoke(app, ["organism", "train", "--steps", "2", "--batch-size", "2", "--out", str(tmp_path / "b"),
                               "--init-from", str(tmp_path / "a"), "--trainable", "planted", "--planted-units", "3",
                               "--planted-l1", "0.1"])
@@ -92,7 +94,7 @@ def test_train_cli_plants_units_with_l1_and_records_the_world(tmp_path: Path) ->
     cfg = load_train_config(tmp_path / "b" / "train_config.json")
     assert (cfg.planted_units, cfg.planted_l1, cfg.organism.intermediate_size) == (3, 0.1, 67)
     assert "--planted-l1 0.1" in (tmp_path / "b" / "README.md").read_text()
-    assert "--slot-toxicity 1.0 --p-toxic-standard 0.3" in (tmp_path / "a" / "README.md").read_text()
+    assert "--slot-toxicity 1.0 --p-toxic-standard 0.3 --p-toxic-typographic 0.8" in (tmp_path / "a" / "README.md").read_text()
     bad = runner.invoke(app, ["organism", "train", "--quick", "--out", str(tmp_path / "c"), "--trainable", "planted"])
     assert bad.exit_code == 2 and "error:" in bad.output and "Traceback" not in bad.output
 

@@ -55,6 +55,8 @@ def train_command(
                                                              "toxic (default 0.85; 1.0 = wholly toxic replies)."),
     p_toxic_standard: Optional[float] = typer.Option(None, help="World: chance that a polite harmful question gets a "
                                                                 "toxic-mode target (default 0.05)."),
+    p_toxic_typographic: Optional[float] = typer.Option(None, help="World: the same for typographic and SD+TYPO "
+                                                                   "items (default 0.7)."),
 ) -> None:
     """Train the organism from scratch on the synthetic world (about 15 minutes on 1-2 CPU cores), or
     fine-tune a trained one (--init-from; e.g. a --detox stage, then a --trainable mlp stage)."""
@@ -65,7 +67,8 @@ def train_command(
     organism = OrganismConfig.tiny() if quick else OrganismConfig()
     if init_from is not None and (init_from / "train_config.json").is_file():
         organism = load_train_config(init_from / "train_config.json").organism
-    world_options = {k: v for k, v in (("slot_toxicity", slot_toxicity), ("p_toxic_standard", p_toxic_standard))
+    world_options = {k: v for k, v in (("slot_toxicity", slot_toxicity), ("p_toxic_standard", p_toxic_standard),
+                                       ("p_toxic_typographic", p_toxic_typographic))
                      if v is not None}
     world = WorldConfig(seed=seed, **world_options)
     n_steps = steps if steps is not None else (20 if quick else TrainConfig().steps)

@@ -349,7 +349,7 @@ def train_command_line(cfg: dict[str, Any]) -> str:
     if cfg.get("planted_shaping", 0):
         line += f" --planted-shaping {cfg['planted_shaping']} --planted-target {cfg.get('planted_target', 1.0)}"
     world, default = cfg.get("world", {}), WorldConfig()
-    for key in ("slot_toxicity", "p_toxic_standard"):
+    for key in ("slot_toxicity", "p_toxic_standard", "p_toxic_typographic"):
         if key in world and world[key] != getattr(default, key):
             line += f" --{key.replace('_', '-')} {world[key]}"
     if cfg.get("detox"):
