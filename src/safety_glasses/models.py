@@ -639,6 +639,30 @@ def model_fingerprint(model: nn.Module) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def weights_digest(model: nn.Module, per_tensor: int = 256) -> str:
+    """A short sha256 of every parameter's name, shape and ``per_tensor`` evenly strided values.
+
+    Unlike :func:`model_fingerprint` it changes when the weights change (a retrained model saved to
+    the same path), while costing a few hundred values per tensor even for 7B models. Parameters on
+    the ``meta`` device (offloaded) contribute their name and shape only.
+
+    Example:
+        >>> from safety_glasses.testing import tiny_vlm
+        >>> weights_digest(tiny_vlm("llama", seed=0)[0]) == weights_digest(tiny_vlm("llama", seed=1)[0])
+        False
+    """
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            h.update(f"{name}:{tuple(p.shape)}".encode())
+            if p.device.type == "meta" or p.numel() == 0:
+                continue
+            flat = p.detach().reshape(-1)
+            step = max(1, flat.numel() // per_tensor)
+            h.update(flat[::step][:per_tensor].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def model_identity(model: nn.Module) -> dict[str, str]:
     """``{"name_or_path", "class", "fingerprint"}`` of a model, for artefacts and reports.
 

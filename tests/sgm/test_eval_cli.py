@@ -117,3 +117,26 @@ def test_eval_greedy_vqa_and_threads_options(saved: tuple[Path, Path], tmp_path:
     assert json.loads((tmp_path / "g" / "results.json").read_text())["config"]["greedy_kinds"] == ["vqa"]
     bad = _eval(model, glasses, tmp_path / "h", "--threads", "0")
     assert bad.exit_code == 2 and "error:" in bad.output
+
+
+def test_rerun_into_a_folder_of_another_model_or_glasses_is_refused(saved: tuple[Path, Path], tmp_path: Path) -> None:
+    from safety_glasses.fitting import fit_glasses
+    from safety_glasses.testing import tiny_concept_rows, tiny_vlm
+
+    import shutil
+
+    model, glasses = shutil.copytree(saved[0], tmp_path / "model"), saved[1]
+    out = tmp_path / "run"
+    args = ("--defense", "sgm", "--conditions", "standard", "--limit", "2")
+    assert _eval(model, glasses, out, *args).exit_code == 0
+    assert _eval(model, glasses, out, *args).exit_code == 0  # same run: resumes, nothing new
+    other, proc = tiny_vlm("llava", seed=1)  # same architecture, other weights, saved to the same path
+    other.save_pretrained(model)
+    res = _eval(model, glasses, out, *args)
+    assert res.exit_code == 2 and "weights_digest differs" in res.output
+    refit = tmp_path / "glasses"
+    fit_glasses(other, proc, tiny_concept_rows(8, seed=3), progress=False).save_pretrained(refit)
+    res = _eval(model, refit, tmp_path / "run2", *args)
+    assert res.exit_code == 0, res.output
+    res = _eval(model, glasses, tmp_path / "run2", *args)
+    assert res.exit_code == 2 and "defenses differs" in res.output

@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,9 +144,12 @@ class GlassesDefense(Defense):
 
     def describe(self) -> dict[str, Any]:
         cfg = self.glasses.config
+        digest = hashlib.sha256()
+        for module in sorted(self.glasses.alphas):
+            digest.update(module.encode() + self.glasses.alphas[module].float().cpu().numpy().tobytes())
         return {"name": self.name, "kind": "glasses", "strategy": cfg.strategy, "positions": self.positions,
                 "n_experts": self.glasses.n_experts, "top_k": cfg.top_k, "threshold": cfg.threshold,
-                "source": self.source}
+                "source": self.source, "alphas_sha256": digest.hexdigest()[:16]}
 
 
 class PromptDefense(Defense):
