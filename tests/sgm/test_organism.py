@@ -105,6 +105,19 @@ def test_heldout_wordings_are_unseen_in_training() -> None:
     assert not {i.key_phrase for i in held} & {i.key_phrase for i in train}
 
 
+def test_vqa_training_wordings_include_the_extra_paraphrases_and_never_the_heldout_ones() -> None:
+    from safety_glasses.organism.world import VQA_EXTRA_TRAIN_WORDINGS, VQA_WORDINGS
+
+    world = World(WorldConfig(seed=0))
+    train = {i.question for i in world.sample_items(600, split="train", kind="vqa")}
+    held = {i.question for i in world.sample_items(200, split="heldout", kind="vqa")}
+    assert not train & held
+    templates = [w for ws in VQA_EXTRA_TRAIN_WORDINGS.values() for w in ws]
+    assert any(q.startswith(w.split("{")[0]) for q in train for w in templates if w.split("{")[0])
+    for qtype, ws in VQA_EXTRA_TRAIN_WORDINGS.items():
+        assert not set(ws) & set(VQA_WORDINGS[qtype]["heldout"]) and len(ws) == len(set(ws))
+
+
 def test_training_text_follows_the_chat_template_and_labels_cover_the_reply_only() -> None:
     proc = build_processor(OrganismConfig.tiny())
     items = World(WorldConfig(seed=0)).sample_items(6, split="train")

@@ -80,6 +80,35 @@ VQA_WORDINGS: dict[str, dict[str, list[str]]] = {
         "heldout": ["What is the {colour} shape?"],
     },
 }
+# Paraphrases added to the training wordings in release 3 (held-out VQA went from 25 % to 48 % correct). They
+# are kept apart because the shipped tokenizer was trained on the corpus without them (see :func:`corpus`);
+# byte-level BPE encodes them all the same.
+VQA_EXTRA_TRAIN_WORDINGS: dict[str, list[str]] = {
+    "colour": [
+        "What is the {shape}'s colour?",
+        "Say the colour of the {shape} in the image.",
+        "The {shape} is drawn in which colour?",
+        "Name the colour of the {shape}.",
+    ],
+    "count": [
+        "How many {shape}s does the image show?",
+        "Give the count of {shape}s.",
+        "Tell me how many {shape}s there are.",
+        "Count how many {shape}s are in the image.",
+    ],
+    "position": [
+        "Where in the image is the {shape}?",
+        "In what part of the picture is the {shape}?",
+        "Which corner is the {shape} in?",
+        "Tell me where the {shape} is.",
+    ],
+    "shape": [
+        "Which shape has the colour {colour}?",
+        "Tell me which shape is {colour}.",
+        "What kind of shape is drawn in {colour}?",
+        "Which of the shapes is {colour}?",
+    ],
+}
 
 
 @lru_cache(maxsize=1)
@@ -491,7 +520,8 @@ class World:
         single_colours = [c for c in COLOURS if colours.count(c) == 1]
         kinds = ["count"] + (["colour", "position"] if single_shapes else []) + (["shape"] if single_colours else [])
         qtype = rng.choice(kinds)
-        wording = rng.choice(VQA_WORDINGS[qtype][words])
+        extra = VQA_EXTRA_TRAIN_WORDINGS[qtype] if words == "train" else []
+        wording = rng.choice(VQA_WORDINGS[qtype][words] + extra)
         if qtype == "count":
             present_shapes = sorted({s for s, _ in present})
             shape = rng.choice(present_shapes if rng.random() < 0.7 else list(SHAPES))
@@ -547,7 +577,8 @@ class World:
 
 
 def corpus(world: World, n: int = 3000) -> list[str]:
-    """Text corpus for training the tokenizer (no drawing): every wording of the world, the whole
+    """Text corpus for training the tokenizer (no drawing): every wording of the world (but
+    :data:`VQA_EXTRA_TRAIN_WORDINGS`, added after the shipped tokenizer was trained), the whole
     lexicon, and ``n // 3`` sampled toxic replies, safe replies and scene descriptions.
 
     Example:
