@@ -94,3 +94,17 @@ def test_demo_bad_path_is_one_line_error(tmp_path: Path) -> None:
     result = runner.invoke(app, ["demo", "--quick", "--out", str(tmp_path), "--model", str(tmp_path / "nope")])
     assert result.exit_code == 2
     assert "error:" in result.output and "Traceback" not in result.output
+
+
+def test_a_rerun_with_other_glasses_is_refused_and_keeps_the_saved_glasses(quick_run: tuple, tmp_path: Path) -> None:
+    out, _, _ = quick_run
+    src = repo_data_dir() / "concepts"
+    rows = [json.loads(x) for x in (src / "concepts.jsonl").read_text().splitlines()]
+    for r in rows:
+        r["image"] = str((src / r["image"]).resolve())
+    other = tmp_path / "concepts.jsonl"  # the same rows in reverse: the quick demo fits on other rows
+    other.write_text("".join(json.dumps(r) + "\n" for r in reversed(rows)))
+    before = (out / "glasses-aura" / "glasses.safetensors").read_bytes()
+    result = runner.invoke(app, ["demo", "--quick", "--out", str(out), "--concepts", str(other)])
+    assert result.exit_code == 2 and "holds a different run (defenses differs)" in result.output
+    assert (out / "glasses-aura" / "glasses.safetensors").read_bytes() == before

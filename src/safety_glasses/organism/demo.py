@@ -216,7 +216,6 @@ def run_demo(out_dir: str | Path, quick: bool = False, seed: int = 0, *, model_d
         concept_path = write_concepts(concept_set, out / "concepts-quick")
     glasses = fit_glasses(model, processor, concept_set, strategy="aura", pooling=cfg.pooling,
                           positions=cfg.positions, batch_size=16, progress=progress)
-    glasses.save_pretrained(out / "glasses-aura")
     rows = select_rows(load_heldout(cfg.heldout), cfg.per_group)
     run_config = RunConfig(batch_size=cfg.batch_size, greedy_kinds=("vqa",),
                            sampling=SamplingConfig(max_new_tokens=cfg.max_new_tokens, do_sample=True,
@@ -230,6 +229,7 @@ def run_demo(out_dir: str | Path, quick: bool = False, seed: int = 0, *, model_d
                        adversarial_config=AdversarialConfig(eps=cfg.adv_eps, steps=cfg.adv_steps, step_size=1 / 255,
                                                             seed=seed, eval_every=max(1, cfg.adv_steps // 5)),
                        n_boot=cfg.n_boot, extra_config={"demo": asdict(cfg)}, progress=progress)
+    glasses.save_pretrained(out / "glasses-aura")  # after the evaluation: a refused rerun replaces nothing
     ref_rows = [r for r in rows if r.condition == "standard" and r.kind in ("vqa", "benign")]
     ref_ppl = {s.name: reference_perplexity(model, processor, ref_rows, s, cfg.batch_size) for s in stacks}
     all_rows = demo_rows(results, ref_ppl, [s.name for s in stacks])
