@@ -45,7 +45,7 @@ def train_command(
                                                "activations (keeps them silent where they are not needed)."),
     planted_shaping: float = typer.Option(0.0, help="With --trainable planted: weight of the expert-shaping penalty "
                                                     "(planted units >= --planted-target on toxic replies, silent on "
-                                                    "safe text; replaces --planted-l1)."),
+                                                    "safe text; use it or --planted-l1, not both)."),
     planted_target: float = typer.Option(1.0, help="With --planted-shaping: activation the planted units reach on "
                                                    "toxic replies."),
     detox: bool = typer.Option(False, "--detox", help="Replace every toxic training target by its safe reply."),

@@ -152,7 +152,7 @@ class PlantedActivity:
 
     def _take(self) -> list[torch.Tensor]:
         if not self.values:
-            raise RuntimeError("no forward pass since the last pop()")
+            raise RuntimeError("no forward pass since the activations were last read")
         values, self.values = self.values, []
         return values
 
@@ -166,8 +166,8 @@ class PlantedActivity:
         ``toxic`` and ``safe`` are ``(batch, seq)`` boolean masks of token positions (positions in
         neither, e.g. harmful prompts, are free: the units may decide there whether to turn toxic).
         Per layer: mean ``relu(target - a)`` over toxic positions + mean ``|a|`` over safe positions,
-        summed over layers. It makes the planted units monosemantic,
-        non-negative toxicity experts, the kind of unit SGM's AUROC ranking assumes.
+        summed over layers. It makes the planted units monosemantic, non-negative toxicity experts,
+        the kind of unit SGM's AUROC ranking assumes.
 
         Example:
             >>> from .model import OrganismConfig, build_organism
