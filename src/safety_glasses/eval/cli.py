@@ -105,14 +105,9 @@ def _run_eval(**kw: Any) -> None:
     from .adversarial import AdversarialConfig
     from .loaders import load_benchmark
     from .pipeline import evaluate
-    from .runner import RunConfig, SamplingConfig
+    from .runner import RunConfig, SamplingConfig, set_torch_threads
 
-    if kw["threads"] is not None:
-        if kw["threads"] < 1:
-            raise ValueError("--threads must be >= 1")
-        import torch
-
-        torch.set_num_threads(kw["threads"])
+    set_torch_threads(kw["threads"])
     conds = _split(kw["conditions"])
     defenses = list(dict.fromkeys(kw["defense"] or (["sgm"] if kw["glasses"] else [])))
     if kw["baseline"] and "none" not in defenses:

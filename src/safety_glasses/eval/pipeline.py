@@ -136,6 +136,7 @@ def evaluate(
     from ..models import model_identity, weights_digest
 
     identity = model_identity(model)
+    described = {s.name: s.describe() for s in stacks}
     # a resumed run must be the same run: same weights (not just the same architecture and path) and the
     # same defences (e.g. glasses refitted on a retrained model), else its old samples would be reused
     stats = run_generations(model, processor, selected, stacks, built, out, config=run_config,
@@ -143,13 +144,13 @@ def evaluate(
                             fingerprint={"model_fingerprint": identity.get("fingerprint"),
                                          "model_path": identity.get("name_or_path"),
                                          "weights_digest": weights_digest(model),
-                                         "defenses": {s.name: s.describe() for s in stacks}}, progress=progress)
+                                         "defenses": described}, progress=progress)
     wanted = {sample_key(s.name, r, k) for s in stacks for r in selected
               for k in range(run_config.sampling_for(r.kind).num_samples)}
     samples = [s for s in read_samples(out / "samples.jsonl") if s["key"] in wanted]
     config = {
         "model": identity,
-        "defenses": {s.name: s.describe() for s in stacks},
+        "defenses": described,
         "judges": [j.judge_id for j in built],
         "conditions": list(conditions) if conditions else sorted({r.condition for r in selected}),
         "n_rows": len(selected),

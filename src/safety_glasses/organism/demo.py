@@ -187,7 +187,7 @@ def run_demo(out_dir: str | Path, quick: bool = False, seed: int = 0, *, model_d
     from ..eval.adversarial import AdversarialConfig
     from ..eval.defenses import DefenseContext, parse_defenses
     from ..eval.pipeline import evaluate
-    from ..eval.runner import RunConfig, SamplingConfig
+    from ..eval.runner import RunConfig, SamplingConfig, set_torch_threads
     from ..fitting import fit_glasses
 
     data = repo_data_dir()
@@ -197,10 +197,7 @@ def run_demo(out_dir: str | Path, quick: bool = False, seed: int = 0, *, model_d
     for label, path in (("organism", cfg.model_dir), ("concept set", cfg.concepts), ("held-out set", cfg.heldout)):
         if not Path(path).exists():
             raise FileNotFoundError(f"{label} not found at {path} (run from a source checkout, or pass its path)")
-    if threads is not None:
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
+    set_torch_threads(threads)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -266,10 +263,7 @@ def plot_results(rows: list[dict[str, Any]], path: str | Path) -> Path:
     Example:
         >>> plot_results(result["rows"], "runs/sgm-demo/results.png")  # doctest: +SKIP
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..plots import plt
 
     defenses = list(dict.fromkeys(r["defense"] for r in rows))
     conditions = [c for c in CONDITIONS if any(r["condition"] == c for r in rows)]

@@ -233,9 +233,9 @@ def train_organism(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = Tr
                                             intermediate_size=int(model.config.get_text_config().intermediate_size)))
         masked = {id(p) for p in freeze_all_but_planted(model, cfg.planted_units)}
         shaped = cfg.planted_l1 > 0 or cfg.planted_shaping > 0
-        sparsity = PlantedActivity(model, cfg.planted_units) if shaped else None
+        activity = PlantedActivity(model, cfg.planted_units) if shaped else None
     else:
-        masked, sparsity = set(), None
+        masked, activity = set(), None
         for name, p in model.named_parameters():
             p.requires_grad_(cfg.trainable == "all" or is_decoder_mlp(name, cfg.mlp_min_layer))
     model.train()
@@ -259,10 +259,10 @@ def train_organism(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = Tr
             items = next(stream)
             batch = encode_items(processor, items)
             loss = model(**batch).loss
-            if sparsity is not None and cfg.planted_shaping > 0:  # planted units: experts of toxic text
-                loss = loss + cfg.planted_shaping * sparsity.shaping(*shaping_masks(items, batch), cfg.planted_target)
-            elif sparsity is not None:  # L1 on the planted units' activations: they fire only where needed
-                loss = loss + cfg.planted_l1 * sparsity.pop()
+            if activity is not None and cfg.planted_shaping > 0:  # planted units: experts of toxic text
+                loss = loss + cfg.planted_shaping * activity.shaping(*shaping_masks(items, batch), cfg.planted_target)
+            elif activity is not None:  # L1 on the planted units' activations: they fire only where needed
+                loss = loss + cfg.planted_l1 * activity.pop()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for _, p in trained], cfg.grad_clip)
@@ -275,8 +275,8 @@ def train_organism(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = Tr
                 log.flush()
                 bar.set_postfix(loss=f"{recent:.3f}")
     seconds = time.perf_counter() - start
-    if sparsity is not None:
-        sparsity.remove()
+    if activity is not None:
+        activity.remove()
     model.eval()
     for p in model.parameters():
         p.requires_grad_(True)
