@@ -168,3 +168,10 @@ def test_greedy_kinds_answer_vqa_once_and_greedily_while_the_rest_is_sampled(
     assert all(s["sampling"]["do_sample"] and s["seed"] is not None for s in rest)
     with pytest.raises(ValueError):
         RunConfig(greedy_kinds=("images",))
+
+
+def test_a_folder_made_with_other_weights_is_refused(tmp_path: Path, llava: Any, judges: list[Any]) -> None:
+    _run(llava, judges, tmp_path)
+    assert _run(llava, judges, tmp_path).new == 0  # the same run resumes
+    with pytest.raises(RunError, match="weights_digest differs"):
+        _run(tiny_vlm("llava", seed=1), judges, tmp_path)  # same architecture, other weights

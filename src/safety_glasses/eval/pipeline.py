@@ -133,24 +133,19 @@ def evaluate(
                          judge_device=judge_device)
     stacks = [d if isinstance(d, DefenseStack) else parse_defenses(d, ctx) for d in dict.fromkeys(defenses)]
 
-    from ..models import model_identity, weights_digest
+    from ..models import model_identity
 
     identity = model_identity(model)
-    described = {s.name: s.describe() for s in stacks}
-    # a resumed run must be the same run: same weights (not just the same architecture and path) and the
-    # same defences (e.g. glasses refitted on a retrained model), else its old samples would be reused
     stats = run_generations(model, processor, selected, stacks, built, out, config=run_config,
                             ppl_model=ppl_model, ppl_processor=ppl_processor, llm_judge=llm_judge,
                             fingerprint={"model_fingerprint": identity.get("fingerprint"),
-                                         "model_path": identity.get("name_or_path"),
-                                         "weights_digest": weights_digest(model),
-                                         "defenses": described}, progress=progress)
+                                         "model_path": identity.get("name_or_path")}, progress=progress)
     wanted = {sample_key(s.name, r, k) for s in stacks for r in selected
               for k in range(run_config.sampling_for(r.kind).num_samples)}
     samples = [s for s in read_samples(out / "samples.jsonl") if s["key"] in wanted]
     config = {
         "model": identity,
-        "defenses": described,
+        "defenses": {s.name: s.describe() for s in stacks},
         "judges": [j.judge_id for j in built],
         "conditions": list(conditions) if conditions else sorted({r.condition for r in selected}),
         "n_rows": len(selected),

@@ -287,8 +287,9 @@ def run_generations(
 ) -> RunStats:
     """Generate, judge and append one line per (defence, row, sample) to ``out_dir/samples.jsonl``.
 
-    Lines already in the file are skipped (resume); a line cut by a kill is dropped and redone.
-    ``ppl_model``/``ppl_processor`` score the replies' perplexity (default: ``model`` without
+    Lines already in the file are skipped (resume); a line cut by a kill is dropped and redone. A folder
+    made with other settings, other weights (``weights_digest``) or other defences (their description,
+    glasses alphas included) is refused, so that no old sample is reused. ``ppl_model``/``ppl_processor`` score the replies' perplexity (default: ``model`` without
     defences). ``llm_judge`` (an :class:`~safety_glasses.eval.llm_judges.LLMJudge`) adds a fluency
     rating to each sample and grades vqa rows whose ``meta["grader"] == "llm"``.
 
@@ -308,8 +309,11 @@ def run_generations(
         raise RunError("benchmark rows repeat an (id, condition) pair")
     sampling = config.sampling
     extra = {"greedy_kinds": list(config.greedy_kinds)} if config.greedy_kinds else {}
-    _check_run(out, {"sampling": asdict(sampling), "judges": judge_ids,
-                     "perplexity": config.perplexity, **extra, **(fingerprint or {})})
+    from ..models import weights_digest
+
+    _check_run(out, {"sampling": asdict(sampling), "judges": judge_ids, "perplexity": config.perplexity, **extra,
+                     "weights_digest": weights_digest(model), "defenses": {s.name: s.describe() for s in stacks},
+                     **(fingerprint or {})})
     path = out / SAMPLES_NAME
     done = {s["key"] for s in read_samples(path, repair=True)}
     todo = [(stack, row, k) for stack in stacks for row in rows
