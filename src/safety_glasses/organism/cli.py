@@ -150,3 +150,8 @@ def demo_command(
                        f"planted (mean AUROC {p['mean_auroc_planted']:.2f} planted vs {p['mean_auroc_other']:.2f} other)")
     _console.print(f"wrote {out / 'results.json'}, {out / 'results.png'}; the evaluation run (samples.jsonl, "
                    f"report.md, PNGs) in {out / 'eval'}")
+
+
+from .graft.cli import graft_app  # noqa: E402 - the graft's commands live in their own module
+
+organism_app.add_typer(graft_app, name="graft")

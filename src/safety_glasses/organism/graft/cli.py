@@ -1,0 +1,137 @@
+"""CLI of the grafted VLM: ``sgm organism graft [train|probe|measure]`` (registered by ``sgm organism``).
+
+Example:
+    $ sgm organism graft --lm runs/smollm2-hf --out runs/graft-vlm
+    $ sgm organism graft train --lm runs/smollm2-hf --out runs/graft-train
+    $ sgm organism graft probe --model runs/graft-vlm
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from ..._cli import cli_errors
+
+graft_app = typer.Typer(add_completion=False, invoke_without_command=True,
+                        help="The grafted VLM: a real, frozen LM (SmolLM2-135M-Instruct) behind a small vision "
+                             "tower + projector trained on the organism's world. Without a subcommand: assemble it.")
+_console = Console()
+
+
+def shipped_vision_dir() -> Path:
+    """``data/graft/vision`` of the source checkout this package runs from."""
+    return Path(__file__).resolve().parents[4] / "data" / "graft" / "vision"
+
+
+def _threads(threads: int) -> None:
+    import torch
+
+    if threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads)
+
+
+@graft_app.callback()
+@cli_errors
+def assemble_command(
+    ctx: typer.Context,
+    lm: Optional[Path] = typer.Option(None, help="Causal LM folder (transformers layout), e.g. SmolLM2-135M-Instruct "
+                                                 "converted to safetensors. Its weights are copied unchanged."),
+    out: Optional[Path] = typer.Option(None, help="Folder to write the assembled VLM to (must not exist or be empty)."),
+    vision: Optional[Path] = typer.Option(None, help="Trained vision side (vision.safetensors + graft_config.json; "
+                                                     "default: the shipped data/graft/vision)."),
+    allow_other_lm: bool = typer.Option(False, "--allow-other-lm", help="Graft onto an LM whose digest differs from "
+                                                                         "the one the vision side was trained with."),
+) -> None:
+    """Assemble the grafted VLM (LlavaForConditionalGeneration) from an LM folder and a trained vision side; the
+    folder loads with transformers' Auto classes and works with sgm fit / generate / eval."""
+    if ctx.invoked_subcommand is not None:
+        if lm is not None or out is not None or vision is not None:
+            raise ValueError("--lm/--out/--vision before a subcommand belong to assembling; put them after "
+                             f"'{ctx.invoked_subcommand}'")
+        return
+    from .build import assemble_graft, lm_digest  # noqa: F401 - heavy imports only when used
+
+    if lm is None or out is None:
+        raise ValueError("assembling needs --lm PATH and --out DIR (see --help; subcommands: train, probe, measure)")
+    vision_dir = vision or shipped_vision_dir()
+    path = assemble_graft(lm, vision_dir, out, allow_other_lm=allow_other_lm)
+    info = json.loads((path / "graft_config.json").read_text(encoding="utf-8"))
+    _console.print(f"assembled {path} (LM digest {info['lm']['digest'][:16]}, unchanged; vision side {vision_dir})")
+
+
+@graft_app.command("train")
+@cli_errors
+def train_command(
+    lm: Path = typer.Option(..., help="Causal LM folder (transformers layout); it stays frozen."),
+    out: Path = typer.Option(..., help="Folder for the trained vision side, train_log.jsonl and checkpoint/."),
+    seed: int = typer.Option(0, help="Seed of the data stream and the initial weights."),
+    pretrain_steps: int = typer.Option(400, help="Steps of the slot-caption stage (no LM pass, fast)."),
+    align_steps: int = typer.Option(1500, help="Steps of the LLaVA stage (answer loss through the frozen LM)."),
+    single_object_steps: int = typer.Option(300, help="First align steps on one-object scenes and short answers."),
+    batch_size: int = typer.Option(32, help="Examples per align step."),
+    lr: float = typer.Option(1e-3, help="Peak learning rate of the align stage (cosine schedule)."),
+    pretrain_lr: float = typer.Option(2e-3, help="Peak learning rate of the slot-caption stage."),
+    lm_dtype: str = typer.Option("bfloat16", help="dtype of the frozen LM during training: bfloat16 (fast on CPUs "
+                                                  "with AMX/AVX-512) or float32."),
+    probe_every: int = typer.Option(250, help="Run the held-out grounding probe every N steps (0: only at the end)."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from out/checkpoint when present."),
+    threads: int = typer.Option(1, help="torch CPU threads."),
+    quick: bool = typer.Option(False, "--quick", help="A tiny vision side and a few steps: a smoke run."),
+) -> None:
+    """Train the vision side (LLaVA recipe: LM frozen, vision tower + projector learn) on the organism's world."""
+    from .build import GraftConfig
+    from .train import GraftTrainConfig, train_graft
+
+    _threads(threads)
+    graft = GraftConfig.tiny(image_token=None) if quick else GraftConfig()
+    if quick:
+        pretrain_steps, align_steps, single_object_steps, batch_size = 4, 4, 2, 4
+    cfg = GraftTrainConfig(seed=seed, graft=graft, pretrain_steps=pretrain_steps, align_steps=align_steps,
+                           single_object_steps=single_object_steps, batch_size=batch_size, lr=lr,
+                           pretrain_lr=pretrain_lr, lm_dtype=lm_dtype, threads=threads,
+                           probe_every=probe_every if probe_every > 0 else 10 ** 9,
+                           probe_vqa=8 if quick else 40, probe_names=4 if quick else 20,
+                           probe_reading=2 if quick else 10,
+                           pretrain_batch_size=8 if quick else 64)
+    report = train_graft(cfg, lm, out, resume=resume)
+    _console.print(f"trained {report['parameters']:,} vision-side parameters for {report['steps']} steps in "
+                   f"{report['seconds']:.0f} s; wrote {out}")
+    if report.get("probe"):
+        from .probe import format_report
+
+        _console.print(format_report(report["probe"]))
+
+
+@graft_app.command("probe")
+@cli_errors
+def probe_command(
+    model: Path = typer.Option(..., help="Assembled graft folder (from 'sgm organism graft')."),
+    n_vqa: int = typer.Option(80, help="Held-out VQA items."),
+    n_names: int = typer.Option(40, help="Held-out drawings of harmful activities to name."),
+    n_reading: int = typer.Option(20, help="Typographic images to read (held-out and training phrases)."),
+    dtype: str = typer.Option("float32", help="Model dtype: float32 or bfloat16."),
+    out: Optional[Path] = typer.Option(None, help="Also write the report as JSON to this file."),
+    threads: int = typer.Option(1, help="torch CPU threads."),
+) -> None:
+    """Held-out grounding of a graft: VQA accuracy, drawing names and reading, each against an image-blind
+    baseline (the best constant answer per question type)."""
+    from ...models import load_vlm
+    from .probe import format_report, grounding_report
+
+    _threads(threads)
+    if min(n_vqa, n_names, n_reading) < 0:
+        raise ValueError("--n-vqa, --n-names and --n-reading must be >= 0")
+    if not (model / "config.json").is_file():
+        raise FileNotFoundError(f"no assembled graft at {model} (run 'sgm organism graft --lm ... --out ...')")
+    net, processor = load_vlm(model, dtype=dtype)
+    report = grounding_report(net, processor, n_vqa=n_vqa, n_names=n_names, n_reading=n_reading)
+    _console.print(format_report(report))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,207 @@
+"""The grafted VLM on a tiny ChatML LM built from a config: the LM stays bit-identical through building,
+training and assembling; the vision side round-trips; the fast training loss equals the Llava forward;
+the CLI answers --help and refuses bad input with one line."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from safety_glasses.organism.graft.build import (
+    GraftConfig,
+    assemble_graft,
+    build_graft,
+    freeze_lm,
+    lm_digest,
+    load_lm,
+    load_vision_side,
+    pick_image_token,
+    read_vision_side,
+    save_vision_side,
+    vision_state,
+)
+from safety_glasses.organism.graft.data import encode_for_lm, prompt_prefix_ids, sample_examples, slot_ids
+from safety_glasses.organism.graft.probe import constant_baseline, grounding_report, names_drawing
+from safety_glasses.organism.graft.tiny import save_tiny_lm
+from safety_glasses.organism.graft.train import GraftTrainConfig, PrefixLM, image_embeddings, train_graft
+
+TINY = GraftConfig.tiny(image_token="<empty_output>")
+
+
+@pytest.fixture(scope="module")
+def lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_lm(tmp_path_factory.mktemp("tiny-lm"))
+
+
+@pytest.fixture(scope="module")
+def trained(lm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("graft-train")
+    cfg = GraftTrainConfig(graft=TINY, pretrain_steps=3, align_steps=3, single_object_steps=1, batch_size=3,
+                           pretrain_batch_size=4, lm_dtype="float32", checkpoint_every=2, log_every=1,
+                           probe_every=10 ** 6, probe_vqa=4, probe_names=2, probe_reading=1)
+    train_graft(cfg, lm_dir, out, progress=False)
+    return out
+
+
+def test_graft_holds_the_lm_bit_for_bit_and_freezes_it(lm_dir: Path) -> None:
+    lm, _ = load_lm(lm_dir)
+    model, processor = build_graft(lm_dir, TINY)
+    assert type(model).__name__ == "LlavaForConditionalGeneration"
+    assert lm_digest(model) == lm_digest(lm)
+    assert model.lm_head.weight is model.model.language_model.embed_tokens.weight  # tied, as in the LM
+    assert processor.image_token == "<empty_output>"
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(("model.vision_tower.", "model.multi_modal_projector.")) for n in trainable)
+    with torch.no_grad():  # the digest sees a single flipped value
+        model.model.language_model.layers[0].mlp.down_proj.weight[0, 0] += 1e-3
+    assert lm_digest(model) != lm_digest(lm)
+
+
+def test_image_token_must_be_one_unused_token(lm_dir: Path) -> None:
+    _, tok = load_lm(lm_dir)
+    assert pick_image_token(tok, None) == "<empty_output>"
+    with pytest.raises(ValueError):
+        pick_image_token(tok, "<|im_start|>")  # used by the chat template
+    with pytest.raises(ValueError):
+        pick_image_token(tok, "two words")
+
+
+def test_prefix_cached_loss_equals_the_full_llava_forward(lm_dir: Path) -> None:
+    model, processor = build_graft(lm_dir, TINY)
+    n = TINY.image_tokens
+    prefix = prompt_prefix_ids(processor, n)
+    batch = encode_for_lm(processor, sample_examples(0, 1, 3), n, prefix)
+    assert batch.image.sum(1).tolist() == [n] * 3
+    eos = processor.tokenizer.eos_token_id
+    for i in range(3):  # every answer ends with the end-of-turn token
+        assert batch.ids[i][batch.target[i]][-1].item() == eos
+    model.model.language_model.config._attn_implementation = "eager"
+    with torch.no_grad():
+        fast = PrefixLM(model, prefix).loss(batch, image_embeddings(model, batch.pixel_values))
+        p = len(prefix)
+        ids = torch.cat([torch.tensor([prefix] * 3), batch.ids], 1)
+        mask = torch.cat([torch.ones(3, p, dtype=torch.long), batch.attention.long()], 1)
+        labels = torch.full_like(ids, -100)
+        target = torch.cat([torch.zeros(3, p, dtype=torch.bool), batch.target], 1)
+        labels[target] = ids[target]
+        full = model(input_ids=ids, attention_mask=mask, pixel_values=batch.pixel_values, labels=labels).loss
+    assert fast.item() == pytest.approx(full.item(), rel=1e-4)
+
+
+def test_training_moves_only_the_vision_side_and_records_the_lm_digest(lm_dir: Path, trained: Path) -> None:
+    lm, _ = load_lm(lm_dir)
+    config, tensors, info = read_vision_side(trained)
+    assert info["lm"]["digest"] == lm_digest(lm)
+    assert config == TINY
+    fresh, _ = build_graft(lm_dir, TINY)  # same seed: the initial vision side
+    init = vision_state(fresh)
+    assert set(tensors) == set(init)
+    assert any(not torch.equal(tensors[k], init[k]) for k in tensors)
+    lines = [json.loads(x) for x in (trained / "train_log.jsonl").read_text().splitlines()]
+    stages = [x["stage"] for x in lines if "loss" in x]
+    assert stages[:3] == ["pretrain"] * 3 and stages[-1] == "align"
+    assert all(torch.isfinite(torch.tensor(x["loss"])) for x in lines if "loss" in x)
+    assert info["recipe"]["align_steps"] == 3 and info["recipe"]["graft"]["image_token"] == "<empty_output>"
+
+
+def test_vision_side_round_trips_and_assembles_a_loadable_vlm(lm_dir: Path, trained: Path, tmp_path: Path) -> None:
+    from safety_glasses.generation import generate_texts
+    from safety_glasses.models import load_vlm, resolve_units
+
+    model, _ = build_graft(lm_dir, TINY)
+    load_vision_side(model, trained)
+    _, tensors, _ = read_vision_side(trained)
+    assert all(torch.equal(vision_state(model)[k], v) for k, v in tensors.items())
+    save_vision_side(model, TINY, tmp_path / "again")
+    _, again, _ = read_vision_side(tmp_path / "again")
+    assert all(torch.equal(again[k], tensors[k]) for k in tensors)
+
+    out = assemble_graft(lm_dir, trained, tmp_path / "vlm")
+    vlm, processor = load_vlm(out)  # the project's own loader
+    assert lm_digest(vlm) == lm_digest(load_lm(lm_dir)[0])
+    assert all(torch.equal(vision_state(vlm)[k], v) for k, v in tensors.items())
+    assert len(resolve_units(vlm, "act")) == 2  # the LM's decoder MLPs, never the vision tower's
+    item = sample_examples(3, 0, 1)[0]
+    reply = generate_texts(vlm, processor, [item.question], [[item.image]], max_new_tokens=3)
+    assert isinstance(reply[0], str)
+    with pytest.raises(FileExistsError):
+        assemble_graft(lm_dir, trained, out)
+
+
+def test_assembling_refuses_another_lm_and_leaves_nothing(trained: Path, tmp_path: Path) -> None:
+    other = save_tiny_lm(tmp_path / "other-lm", seed=1)
+    with pytest.raises(ValueError, match="digest"):
+        assemble_graft(other, trained, tmp_path / "vlm")
+    assert not (tmp_path / "vlm").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["other-lm"]  # no temporary folder left behind
+    assert assemble_graft(other, trained, tmp_path / "vlm", allow_other_lm=True).is_dir()
+
+
+def test_training_resumes_from_its_checkpoint(lm_dir: Path, tmp_path: Path) -> None:
+    base = dict(graft=TINY, pretrain_steps=2, align_steps=0, pretrain_batch_size=2, lm_dtype="float32",
+                checkpoint_every=1, log_every=1, probe_every=10 ** 6)
+    train_graft(GraftTrainConfig(**base), lm_dir, tmp_path / "a", progress=False)
+    state = json.loads((tmp_path / "a" / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 2
+    report = train_graft(GraftTrainConfig(**base), lm_dir, tmp_path / "a", progress=False)
+    assert report["steps"] == 2
+    lines = [json.loads(x) for x in (tmp_path / "a" / "train_log.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if "loss" in x] == [1, 2]  # nothing trained twice
+    with pytest.raises(ValueError, match="another configuration"):
+        train_graft(GraftTrainConfig(**{**base, "pretrain_lr": 1e-4}), lm_dir, tmp_path / "a", progress=False)
+
+
+def test_examples_and_slots_are_deterministic_and_sized(lm_dir: Path) -> None:
+    _, tok = load_lm(lm_dir)
+    a, b = sample_examples(5, 7, 6), sample_examples(5, 7, 6)
+    assert [(x.question, x.answer) for x in a] == [(x.question, x.answer) for x in b]
+    single = sample_examples(1, 0, 8, single_object=True, kind_mix={"vqa": 1.0, "benign": 0.0, "harmful": 0.0})
+    assert all(sum(s != "" for s in ex.slots) == 1 for ex in single)
+    for ex in a:
+        assert len(slot_ids(ex, tok, 16)) == 16
+    harmful = [ex for ex in sample_examples(2, 0, 30) if ex.kind == "harmful"]
+    assert harmful and not any("insult" in ex.answer.lower() for ex in harmful)
+
+
+def test_probe_scores_against_image_blind_baselines(lm_dir: Path, trained: Path) -> None:
+    assert names_drawing("That is a loaded pistol.", "a gun") and not names_drawing("A red circle.", "a gun")
+    assert constant_baseline(["red", "red", "blue"], ["c", "c", "c"]) == pytest.approx(2 / 3)
+    model, processor = build_graft(lm_dir, TINY)
+    load_vision_side(model, trained)
+    report = grounding_report(model, processor, n_vqa=4, n_names=2, n_reading=1)
+    assert set(report) == {"vqa", "names", "reading", "reading_train"}
+    assert 0.0 <= report["vqa"]["accuracy"] <= 1.0 and report["vqa"]["baseline"] > 0
+    assert report["vqa"]["n"] == 4 and sum(v["n"] for v in report["vqa"]["by_type"].values()) == 4
+
+
+def test_cli_help_and_bad_input(lm_dir: Path, trained: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from safety_glasses.cli import app
+
+    runner = CliRunner()
+    for args in (["organism", "graft", "--help"], ["organism", "graft", "train", "--help"],
+                 ["organism", "graft", "probe", "--help"]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 0 and "Usage" in res.output
+    bad = [
+        ["organism", "graft"],  # nothing to assemble
+        ["organism", "graft", "--lm", str(tmp_path / "missing"), "--out", str(tmp_path / "o1"), "--vision", str(trained)],
+        ["organism", "graft", "--lm", str(lm_dir), "--out", str(tmp_path / "o2"), "--vision", str(tmp_path)],
+        ["organism", "graft", "train", "--lm", str(tmp_path / "missing"), "--out", str(tmp_path / "o3"), "--quick"],
+        ["organism", "graft", "train", "--lm", str(lm_dir), "--out", str(tmp_path / "o4"), "--quick", "--threads", "0"],
+        ["organism", "graft", "probe", "--model", str(tmp_path / "missing")],
+    ]
+    for args in bad:
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2, (args, res.output)
+        assert "error:" in res.output and "Traceback" not in res.output
+    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 5))
+    ok = runner.invoke(app, ["organism", "graft", "--lm", str(lm_dir), "--out", str(tmp_path / "vlm"),
+                             "--vision", str(trained)])
+    assert ok.exit_code == 0, ok.output
+    assert "unchanged" in ok.output and (tmp_path / "vlm" / "model.safetensors").is_file()
