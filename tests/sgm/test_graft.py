@@ -205,3 +205,23 @@ def test_cli_help_and_bad_input(lm_dir: Path, trained: Path, tmp_path: Path) -> 
                              "--vision", str(trained)])
     assert ok.exit_code == 0, ok.output
     assert "unchanged" in ok.output and (tmp_path / "vlm" / "model.safetensors").is_file()
+
+
+def test_measure_fits_glasses_on_the_grafts_own_replies(lm_dir: Path, trained: Path, tmp_path: Path) -> None:
+    from safety_glasses.organism.graft.measure import measure_graft
+
+    vlm = assemble_graft(lm_dir, trained, tmp_path / "vlm")
+    result = measure_graft(vlm, tmp_path / "m", quick=True, dtype="float32", conditions=("standard",),
+                           defenses=("none", "sgm"), progress=False)
+    saved = json.loads((tmp_path / "m" / "results.json").read_text())
+    assert saved["concepts"] == result["concepts"]
+    counts = result["concepts"]
+    assert sum(counts.values()) > 0 and (tmp_path / "m" / "concepts" / "concepts.jsonl").is_file()
+    names = {r["defense"] for r in result["rows"]}
+    if result["glasses_skipped"] is None:  # both classes present: SGM was fitted and evaluated
+        assert names == {"none", "aura"} and (tmp_path / "m" / "glasses-aura" / "glasses_config.json").is_file()
+    else:
+        assert names == {"none"}
+    assert all(r["condition"] == "standard" for r in result["rows"])
+    with pytest.raises(ValueError, match="unknown condition"):
+        measure_graft(vlm, tmp_path / "m2", quick=True, conditions=("nope",))

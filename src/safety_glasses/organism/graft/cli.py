@@ -71,15 +71,15 @@ def train_command(
     lm: Path = typer.Option(..., help="Causal LM folder (transformers layout); it stays frozen."),
     out: Path = typer.Option(..., help="Folder for the trained vision side, train_log.jsonl and checkpoint/."),
     seed: int = typer.Option(0, help="Seed of the data stream and the initial weights."),
-    pretrain_steps: int = typer.Option(400, help="Steps of the slot-caption stage (no LM pass, fast)."),
-    align_steps: int = typer.Option(1500, help="Steps of the LLaVA stage (answer loss through the frozen LM)."),
-    single_object_steps: int = typer.Option(300, help="First align steps on one-object scenes and short answers."),
-    batch_size: int = typer.Option(32, help="Examples per align step."),
+    pretrain_steps: int = typer.Option(1500, help="Steps of the slot-caption stage (no LM pass, fast)."),
+    align_steps: int = typer.Option(1200, help="Steps of the LLaVA stage (answer loss through the frozen LM)."),
+    single_object_steps: int = typer.Option(200, help="First align steps on one-object scenes and short answers."),
+    batch_size: int = typer.Option(16, help="Examples per align step."),
     lr: float = typer.Option(1e-3, help="Peak learning rate of the align stage (cosine schedule)."),
-    pretrain_lr: float = typer.Option(2e-3, help="Peak learning rate of the slot-caption stage."),
+    pretrain_lr: float = typer.Option(1e-3, help="Peak learning rate of the slot-caption stage."),
     lm_dtype: str = typer.Option("bfloat16", help="dtype of the frozen LM during training: bfloat16 (fast on CPUs "
                                                   "with AMX/AVX-512) or float32."),
-    probe_every: int = typer.Option(250, help="Run the held-out grounding probe every N steps (0: only at the end)."),
+    probe_every: int = typer.Option(200, help="Run the held-out grounding probe every N steps (0: only at the end)."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from out/checkpoint when present."),
     threads: int = typer.Option(1, help="torch CPU threads."),
     quick: bool = typer.Option(False, "--quick", help="A tiny vision side and a few steps: a smoke run."),
@@ -135,3 +135,38 @@ def probe_command(
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+
+@graft_app.command("measure")
+@cli_errors
+def measure_command(
+    model: Path = typer.Option(..., help="Assembled graft folder (from 'sgm organism graft')."),
+    out: Path = typer.Option(..., help="Folder for results.json, results.png, concepts/, glasses-aura/ and eval/."),
+    quick: bool = typer.Option(False, "--quick", help="3 held-out items per (kind, condition), tiny concept set."),
+    seed: int = typer.Option(0, help="Sampling seed."),
+    heldout: Optional[Path] = typer.Option(None, help="Held-out benchmark (default: the organism's shipped set)."),
+    dtype: str = typer.Option("bfloat16", help="Model dtype for the evaluation: bfloat16 or float32."),
+    conditions: str = typer.Option(",".join(("standard", "typographic", "sd_typo", "adversarial_image")),
+                                   help="Comma-separated conditions."),
+    adv_steps: int = typer.Option(40, help="PGD steps of the universal adversarial image."),
+    threads: int = typer.Option(1, help="torch CPU threads."),
+) -> None:
+    """MM-TOXIC-QA on the graft: glasses fitted on its own judged replies vs no defence, SGM*, the neuron and
+    prompt baselines, under standard and jailbreak conditions (harmful rate, VQA, over-refusal)."""
+    from ..cli import results_table
+    from .measure import measure_graft
+
+    _threads(threads)
+    conds = tuple(c.strip() for c in conditions.split(",") if c.strip())
+    result = measure_graft(model, out, quick=quick, seed=seed, heldout=heldout, dtype=dtype, conditions=conds,
+                           adv_steps=adv_steps, threads=threads)
+    table = results_table(result["rows"])
+    table.title = "SGM on the grafted VLM (organism held-out set, MM-TOXIC-QA, profanity judge)"
+    Console(width=max(Console().width, 120)).print(table)
+    _console.print(f"concept set (the graft's own replies): {result['concepts']}")
+    if result["glasses_skipped"]:
+        _console.print(f"glasses not fitted: {result['glasses_skipped']}")
+    else:
+        g = result["glasses"]
+        _console.print(f"aura glasses dampen {g['aura_units']} of {g['total_units']} units")
+    _console.print(f"took {result['seconds']:.0f} s; wrote {out / 'results.json'}, {out / 'results.png'}, {out / 'eval'}")

@@ -52,20 +52,20 @@ class GraftTrainConfig:
 
     Example:
         >>> GraftTrainConfig().total_steps
-        1900
+        2700
     """
 
     seed: int = 0
     graft: GraftConfig = field(default_factory=GraftConfig)
     init_vision_from: str | None = None
-    pretrain_steps: int = 400
+    pretrain_steps: int = 1500
     pretrain_batch_size: int = 64
-    pretrain_lr: float = 3e-3
+    pretrain_lr: float = 1e-3
     slot_temperature: float = 0.05
-    slot_mse: float = 1.0
-    align_steps: int = 1500
-    single_object_steps: int = 300
-    batch_size: int = 32
+    slot_mse: float = 0.3
+    align_steps: int = 1200
+    single_object_steps: int = 200
+    batch_size: int = 16
     lr: float = 1e-3
     min_lr_ratio: float = 0.05
     warmup_steps: int = 30
@@ -75,7 +75,7 @@ class GraftTrainConfig:
     threads: int = 1
     checkpoint_every: int = 50
     log_every: int = 10
-    probe_every: int = 250
+    probe_every: int = 200
     probe_vqa: int = 40
     probe_names: int = 20
     probe_reading: int = 10
@@ -325,6 +325,7 @@ def train_graft(cfg: GraftTrainConfig, lm_dir: str | Path, out_dir: str | Path, 
             stage = cfg.stage(step)
             if stage != stage_of_optim:
                 optim, stage_of_optim = _make_optim(cfg, params, None, _lr(cfg, step)), stage
+                window = []
             for group in optim.param_groups:
                 group["lr"] = _lr(cfg, step)
             metrics: dict[str, float] = {}
