@@ -225,3 +225,20 @@ def test_measure_fits_glasses_on_the_grafts_own_replies(lm_dir: Path, trained: P
     assert all(r["condition"] == "standard" for r in result["rows"])
     with pytest.raises(ValueError, match="unknown condition"):
         measure_graft(vlm, tmp_path / "m2", quick=True, conditions=("nope",))
+
+
+def test_a_second_stage_starts_from_the_first_ones_vision_side(lm_dir: Path, trained: Path, tmp_path: Path) -> None:
+    cfg = GraftTrainConfig(graft=TINY, init_from=str(trained), pretrain_steps=0, align_steps=1, batch_size=2,
+                           lm_dtype="float32", probe_every=10 ** 6, probe_vqa=0, probe_names=0, probe_reading=0)
+    train_graft(cfg, lm_dir, tmp_path / "s2", progress=False)
+    _, first, _ = read_vision_side(trained)
+    _, second, info = read_vision_side(tmp_path / "s2")
+    assert info["recipe"]["init_from"] == str(trained)
+    # one align step moved the first stage's weights a little; they did not restart from a fresh init
+    fresh, _ = build_graft(lm_dir, TINY)
+    init = vision_state(fresh)
+    key = "model.multi_modal_projector.linear_2.weight"
+    assert (second[key] - first[key]).abs().max() < (second[key] - init[key]).abs().max()
+    with pytest.raises(FileNotFoundError):
+        train_graft(GraftTrainConfig(**{**cfg.__dict__, "init_from": str(tmp_path / "none")}), lm_dir,
+                    tmp_path / "s3", progress=False)

@@ -4,7 +4,8 @@ Items come from the world's ``heldout`` split (held-out wordings, unseen scenes)
 
 - ``vqa``: colour / count / position / shape questions, greedy answers, normalised exact match (the
   MM-TOXIC-QA metric). Baseline: the best *constant answer per question type* on the same items (what a
-  model that ignores the image can reach at most);
+  model that ignores the image can reach at most). ``mentions`` is a lenient diagnostic (the answer
+  appears in the reply, e.g. in a full sentence) without a baseline;
 - ``names``: drawings of harmful activities with the question :data:`NAME_QUESTION` (a wording never
   trained); a hit when the reply names the drawn thing (:data:`NAME_WORDS`). Baseline: always naming the
   most frequent drawing;
@@ -59,6 +60,18 @@ def names_drawing(reply: str, name: str) -> bool:
     """
     text = " " + normalize_answer(reply) + " "
     return any(f" {w}" in text for w in NAME_WORDS.get(name, (name.split()[-1],)))
+
+
+def mentions(reply: str, references: Sequence[str]) -> bool:
+    """Whether the normalised reply contains a normalised reference as whole words (a lenient VQA score: a
+    sentence such as "The circle is red." counts; a reply that lists every colour would count too).
+
+    Example:
+        >>> mentions("The circle is red.", ["red"]), mentions("It is reddish", ["red"])
+        (True, False)
+    """
+    text = f" {normalize_answer(reply)} "
+    return any(f" {normalize_answer(ref)} " in text for ref in references if normalize_answer(ref))
 
 
 def _generate(model: Any, processor: Any, questions: Sequence[str], images: Sequence[Image.Image],
@@ -129,13 +142,14 @@ def grounding_report(model: Any, processor: Any, *, n_vqa: int = 80, n_names: in
     if vqa:
         replies = _generate(model, processor, [it.question for it in vqa], [it.images[0] for it in vqa], 8, batch_size)
         hits = [vqa_match(r, list(it.reference or [it.target])) for r, it in zip(replies, vqa)]
+        lenient = [mentions(r, list(it.reference or [it.target])) for r, it in zip(replies, vqa)]
         by_type: dict[str, Any] = {}
         for qtype in sorted({it.category for it in vqa}):
             idx = [i for i, it in enumerate(vqa) if it.category == qtype]
             by_type[qtype] = {"accuracy": sum(hits[i] for i in idx) / len(idx),
                               "baseline": constant_baseline([vqa[i].target for i in idx], [qtype] * len(idx)),
                               "n": len(idx)}
-        report["vqa"] = {"accuracy": sum(hits) / len(hits),
+        report["vqa"] = {"accuracy": sum(hits) / len(hits), "mentions": sum(lenient) / len(lenient),
                          "baseline": constant_baseline([it.target for it in vqa], [it.category for it in vqa]),
                          "n": len(vqa), "by_type": by_type,
                          "examples": [[it.question, it.target, r] for it, r in list(zip(vqa, replies))[:examples]]}
@@ -167,5 +181,8 @@ def format_report(report: dict[str, Any]) -> str:
         >>> format_report({"vqa": {"accuracy": 0.5, "baseline": 0.3, "n": 10}})
         'vqa 50.0% (image-blind baseline 30.0%, n=10)'
     """
-    return "\n".join(f"{k} {100 * v['accuracy']:.1f}% (image-blind baseline {100 * v['baseline']:.1f}%, n={v['n']})"
-                     for k, v in report.items())
+    lines = []
+    for k, v in report.items():
+        extra = f"; answer mentioned in {100 * v['mentions']:.1f}%" if "mentions" in v else ""
+        lines.append(f"{k} {100 * v['accuracy']:.1f}% (image-blind baseline {100 * v['baseline']:.1f}%, n={v['n']}{extra})")
+    return "\n".join(lines)

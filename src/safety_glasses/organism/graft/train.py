@@ -44,11 +44,18 @@ from .data import LMBatch, encode_for_lm, filler_id, prompt_prefix_ids, sample_e
 CHECKPOINT_DIR = "checkpoint"
 LOG_FILE = "train_log.jsonl"
 LM_DTYPES: dict[str, torch.dtype] = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+OPERATIONAL: tuple[str, ...] = ("threads", "checkpoint_every", "log_every", "probe_every", "probe_vqa", "probe_names",
+                                "probe_reading")
+"""Settings that do not change what is trained: a run may resume with other values of these."""
 
 
 @dataclass(frozen=True)
 class GraftTrainConfig:
     """Settings of one graft training run (saved as ``recipe`` in the vision side's ``graft_config.json``).
+
+    ``init_from``: start from a trained vision side (a folder with ``vision.safetensors``: an earlier run's
+    output or its ``checkpoint/``), e.g. a ``pretrain_steps=0`` run continuing a ``align_steps=0`` one;
+    ``init_vision_from``: copy only the CLIP vision tower of a trained organism folder.
 
     Example:
         >>> GraftTrainConfig().total_steps
@@ -57,6 +64,7 @@ class GraftTrainConfig:
 
     seed: int = 0
     graft: GraftConfig = field(default_factory=GraftConfig)
+    init_from: str | None = None
     init_vision_from: str | None = None
     pretrain_steps: int = 1500
     pretrain_batch_size: int = 64
@@ -194,6 +202,34 @@ class PrefixLM:
         return F.cross_entropy(logits.float(), batch.ids[rows, cols])
 
 
+def _trained_part(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in OPERATIONAL}
+
+
+def init_vision_side_from(model: Any, folder: str | Path) -> None:
+    """Load the vision tower + projector saved in ``folder/vision.safetensors`` (a trained vision side or a
+    training checkpoint); shapes must match.
+
+    Example:
+        >>> init_vision_side_from(model, "runs/graft-stage1")  # doctest: +SKIP
+    """
+    from safetensors.torch import load_file
+
+    from .build import vision_state
+
+    path = Path(folder) / "vision.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"no vision.safetensors in {folder} to start from")
+    tensors = load_file(str(path))
+    own = vision_state(model)
+    if set(tensors) != set(own) or any(tensors[k].shape != own[k].shape for k in own):
+        raise ValueError(f"the vision side in {folder} does not fit this graft's GraftConfig")
+    params = dict(model.state_dict(keep_vars=True))
+    with torch.no_grad():
+        for k, v in tensors.items():
+            params[k].copy_(v)
+
+
 def _lr(cfg: GraftTrainConfig, step: int) -> float:
     if step < cfg.pretrain_steps:
         base, local, n = cfg.pretrain_lr, step, cfg.pretrain_steps
@@ -283,6 +319,8 @@ def train_graft(cfg: GraftTrainConfig, lm_dir: str | Path, out_dir: str | Path, 
     del lm
     graft_cfg = replace(cfg.graft, image_token=processor.image_token)
     cfg = replace(cfg, graft=graft_cfg)
+    if cfg.init_from:
+        init_vision_side_from(model, cfg.init_from)
     if cfg.init_vision_from:
         init_vision_tower_from(model, cfg.init_vision_from)
     lm_dtype = LM_DTYPES[cfg.lm_dtype]
@@ -296,7 +334,7 @@ def train_graft(cfg: GraftTrainConfig, lm_dir: str | Path, out_dir: str | Path, 
     start, moments, log_state = 0, None, {"seconds": 0.0}
     if resume and (ckpt / "state.json").is_file():
         state, moments = _load_checkpoint(ckpt, model, params)
-        if state.get("config") != cfg.to_dict() or state.get("lm_digest") != digest:
+        if _trained_part(state.get("config") or {}) != _trained_part(cfg.to_dict()) or state.get("lm_digest") != digest:
             raise ValueError(f"{ckpt} was written by another configuration or LM; use another --out or --no-resume")
         start, log_state = int(state["step"]), state
     elif not resume and ckpt.exists():
