@@ -242,3 +242,17 @@ def test_a_second_stage_starts_from_the_first_ones_vision_side(lm_dir: Path, tra
     with pytest.raises(FileNotFoundError):
         train_graft(GraftTrainConfig(**{**cfg.__dict__, "init_from": str(tmp_path / "none")}), lm_dir,
                     tmp_path / "s3", progress=False)
+
+
+def test_a_budgeted_run_stops_early_on_the_full_schedule(lm_dir: Path, tmp_path: Path) -> None:
+    from safety_glasses.organism.graft.train import _lr
+
+    base = dict(graft=TINY, pretrain_steps=4, align_steps=0, pretrain_batch_size=2, lm_dtype="float32",
+                checkpoint_every=1, log_every=1, probe_every=10 ** 6, probe_vqa=0, probe_names=0, probe_reading=0)
+    report = train_graft(GraftTrainConfig(**base, stop_after=2), lm_dir, tmp_path / "b", progress=False)
+    assert report["steps"] == 2
+    lines = [json.loads(x) for x in (tmp_path / "b" / "train_log.jsonl").read_text().splitlines() if "loss" in x]
+    full = GraftTrainConfig(**base)
+    assert [x["step"] for x in lines] == [1, 2] and lines[-1]["lr"] == pytest.approx(_lr(full, 1))
+    with pytest.raises(ValueError, match="stop_after"):
+        GraftTrainConfig(**base, stop_after=9)

@@ -79,6 +79,8 @@ def train_command(
     pretrain_lr: float = typer.Option(1e-3, help="Peak learning rate of the slot-caption stage."),
     lm_dtype: str = typer.Option("bfloat16", help="dtype of the frozen LM during training: bfloat16 (fast on CPUs "
                                                   "with AMX/AVX-512) or float32."),
+    stop_after: Optional[int] = typer.Option(None, help="Stop after this many steps, keeping the learning-rate "
+                                                        "schedule of the full run (a budgeted run)."),
     probe_every: int = typer.Option(200, help="Run the held-out grounding probe every N steps (0: only at the end)."),
     init_from: Optional[Path] = typer.Option(None, help="Start from a trained vision side (an earlier run's --out, "
                                                         "or its checkpoint/ folder)."),
@@ -96,7 +98,7 @@ def train_command(
         pretrain_steps, align_steps, single_object_steps, batch_size = 4, 4, 2, 4
     cfg = GraftTrainConfig(seed=seed, graft=graft, pretrain_steps=pretrain_steps, align_steps=align_steps,
                            single_object_steps=single_object_steps, batch_size=batch_size, lr=lr,
-                           init_from=str(init_from) if init_from is not None else None,
+                           init_from=str(init_from) if init_from is not None else None, stop_after=stop_after,
                            pretrain_lr=pretrain_lr, lm_dtype=lm_dtype, threads=threads,
                            probe_every=probe_every if probe_every > 0 else 10 ** 9,
                            probe_vqa=8 if quick else 40, probe_names=4 if quick else 20,

@@ -45,7 +45,7 @@ CHECKPOINT_DIR = "checkpoint"
 LOG_FILE = "train_log.jsonl"
 LM_DTYPES: dict[str, torch.dtype] = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 OPERATIONAL: tuple[str, ...] = ("threads", "checkpoint_every", "log_every", "probe_every", "probe_vqa", "probe_names",
-                                "probe_reading")
+                                "probe_reading", "stop_after")
 """Settings that do not change what is trained: a run may resume with other values of these."""
 
 
@@ -87,6 +87,7 @@ class GraftTrainConfig:
     probe_vqa: int = 40
     probe_names: int = 20
     probe_reading: int = 10
+    stop_after: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("pretrain_steps", "align_steps", "single_object_steps", "warmup_steps"):
@@ -103,12 +104,20 @@ class GraftTrainConfig:
             raise ValueError("min_lr_ratio must be in (0, 1], slot_mse and weight_decay >= 0")
         if self.lm_dtype not in LM_DTYPES:
             raise ValueError(f"lm_dtype must be one of {sorted(LM_DTYPES)}, got {self.lm_dtype!r}")
+        if self.stop_after is not None and not 1 <= self.stop_after <= self.total_steps:
+            raise ValueError(f"stop_after must be in [1, {self.total_steps}], got {self.stop_after}")
         if min(self.probe_every, self.probe_vqa, self.probe_names, self.probe_reading) < 0:
             raise ValueError("probe settings must be >= 0 (probe_every 0: no probe)")
 
     @property
     def total_steps(self) -> int:
         return self.pretrain_steps + self.align_steps
+
+    @property
+    def last_step(self) -> int:
+        """Steps this run trains: ``total_steps``, or ``stop_after`` (the schedule stays that of
+        ``total_steps``: a budgeted run stops early on the same learning-rate curve)."""
+        return self.stop_after or self.total_steps
 
     def stage(self, step: int) -> str:
         """``"pretrain"`` or ``"align"`` for global step ``step``."""
@@ -353,13 +362,14 @@ def train_graft(cfg: GraftTrainConfig, lm_dir: str | Path, out_dir: str | Path, 
     log = (out / LOG_FILE).open("a", encoding="utf-8")
     last_probe: dict[str, Any] | None = log_state.get("probe")
     elapsed = float(log_state.get("seconds", 0.0))
-    bar = tqdm(total=cfg.total_steps, initial=start, desc="graft", unit="step", disable=not progress)
+    bar = tqdm(total=cfg.last_step, initial=min(start, cfg.last_step), desc="graft", unit="step",
+               disable=not progress)
     model.train()
     model.model.language_model.eval()
     t0 = time.perf_counter()
     window: list[float] = []
     try:
-        for step in range(start, cfg.total_steps):
+        for step in range(start, cfg.last_step):
             stage = cfg.stage(step)
             if stage != stage_of_optim:
                 optim, stage_of_optim = _make_optim(cfg, params, None, _lr(cfg, step)), stage
@@ -395,14 +405,14 @@ def train_graft(cfg: GraftTrainConfig, lm_dir: str | Path, out_dir: str | Path, 
             bar.update(1)
             bar.set_postfix(stage=stage, loss=f"{window[-1]:.3f}")
             done = step + 1
-            if done % cfg.log_every == 0 or done == cfg.total_steps:
+            if done % cfg.log_every == 0 or done == cfg.last_step:
                 now = time.perf_counter()
                 line = {"step": done, "stage": stage, "loss": sum(window) / len(window), "lr": _lr(cfg, step),
                         "seconds": round(elapsed + now - t0, 1), **metrics}
                 log.write(json.dumps(line) + "\n")
                 log.flush()
                 window = []
-            probe_now = cfg.probe_every and (done % cfg.probe_every == 0 or done == cfg.total_steps
+            probe_now = cfg.probe_every and (done % cfg.probe_every == 0 or done == cfg.last_step
                                              or done == cfg.pretrain_steps)
             if probe_now:
                 model.eval()
@@ -412,7 +422,7 @@ def train_graft(cfg: GraftTrainConfig, lm_dir: str | Path, out_dir: str | Path, 
                 model.model.language_model.eval()
                 log.write(json.dumps({"step": done, "stage": stage, "probe": last_probe}) + "\n")
                 log.flush()
-            if done % cfg.checkpoint_every == 0 or done == cfg.total_steps:
+            if done % cfg.checkpoint_every == 0 or done == cfg.last_step:
                 _save_checkpoint(ckpt, model, optim, params,
                                  {"step": done, "config": cfg.to_dict(), "lm_digest": digest, "probe": last_probe,
                                   "seconds": round(elapsed + time.perf_counter() - t0, 1)})
@@ -421,8 +431,9 @@ def train_graft(cfg: GraftTrainConfig, lm_dir: str | Path, out_dir: str | Path, 
         log.close()
     seconds = round(elapsed + time.perf_counter() - t0, 1)
     model.eval()
+    trained = max(start, cfg.last_step)
     meta = {"recipe": cfg.to_dict(), "probe": last_probe, "train_seconds": seconds,
-            "trained_steps": cfg.total_steps, "lm_dtype_in_training": cfg.lm_dtype}
+            "trained_steps": trained, "lm_dtype_in_training": cfg.lm_dtype}
     save_vision_side(model, graft_cfg, out, meta, digest=digest)
-    return {"steps": cfg.total_steps, "seconds": seconds, "probe": last_probe, "lm_digest": digest,
+    return {"steps": trained, "seconds": seconds, "probe": last_probe, "lm_digest": digest,
             "parameters": sum(p.numel() for p in params), "out": str(out)}
