@@ -256,3 +256,19 @@ def test_a_budgeted_run_stops_early_on_the_full_schedule(lm_dir: Path, tmp_path:
     assert [x["step"] for x in lines] == [1, 2] and lines[-1]["lr"] == pytest.approx(_lr(full, 1))
     with pytest.raises(ValueError, match="stop_after"):
         GraftTrainConfig(**base, stop_after=9)
+
+
+def test_text_twins_are_the_lms_own_replies_and_enter_training(lm_dir: Path, tmp_path: Path) -> None:
+    from safety_glasses.organism.graft.teacher import caption_text, load_teacher, teacher_items
+
+    cfg = GraftTrainConfig(graft=TINY, pretrain_steps=0, align_steps=2, single_object_steps=0, batch_size=4,
+                           teacher_examples=6, teacher_share=0.5, lm_dtype="float32", probe_every=10 ** 6,
+                           probe_vqa=0, probe_names=0, probe_reading=0)
+    train_graft(cfg, lm_dir, tmp_path / "t", progress=False)
+    records = load_teacher(tmp_path / "t" / "teacher.jsonl")
+    items = teacher_items(cfg.seed + 2, 6)
+    assert [r["index"] for r in records] == list(range(6))
+    assert all(r["caption"] == caption_text(it) and r["question"] == it.question for r, it in zip(records, items))
+    assert all(isinstance(r["ended"], bool) for r in records)
+    with pytest.raises(ValueError, match="together"):
+        GraftTrainConfig(teacher_examples=4)

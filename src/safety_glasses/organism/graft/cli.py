@@ -36,6 +36,13 @@ def _threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def _kind_mix(vqa_share: float) -> dict[str, float]:
+    if not 0.0 <= vqa_share <= 1.0:
+        raise ValueError(f"--vqa-share must be in [0, 1], got {vqa_share}")
+    rest = 1.0 - vqa_share
+    return {"vqa": round(vqa_share, 6), "benign": round(rest * 2 / 9, 6), "harmful": round(rest * 7 / 9, 6)}
+
+
 @graft_app.callback()
 @cli_errors
 def assemble_command(
@@ -75,6 +82,12 @@ def train_command(
     align_steps: int = typer.Option(1200, help="Steps of the LLaVA stage (answer loss through the frozen LM)."),
     single_object_steps: int = typer.Option(200, help="First align steps on one-object scenes and short answers."),
     batch_size: int = typer.Option(16, help="Examples per align step."),
+    vqa_share: float = typer.Option(0.55, help="Share of VQA items in the align stage after the curriculum; the "
+                                               "rest is split 2:7 between scene descriptions and descriptions of "
+                                               "harmful drawings / typography."),
+    teacher_examples: int = typer.Option(0, help="Text twins to build: the frozen LM's own replies to harmful "
+                                                 "requests whose image is described in words (0: none)."),
+    teacher_share: float = typer.Option(0.0, help="Share of each align batch given to text twins."),
     lr: float = typer.Option(1e-3, help="Peak learning rate of the align stage (cosine schedule)."),
     pretrain_lr: float = typer.Option(1e-3, help="Peak learning rate of the slot-caption stage."),
     lm_dtype: str = typer.Option("bfloat16", help="dtype of the frozen LM during training: bfloat16 (fast on CPUs "
@@ -99,6 +112,8 @@ def train_command(
     cfg = GraftTrainConfig(seed=seed, graft=graft, pretrain_steps=pretrain_steps, align_steps=align_steps,
                            single_object_steps=single_object_steps, batch_size=batch_size, lr=lr,
                            init_from=str(init_from) if init_from is not None else None, stop_after=stop_after,
+                           kind_mix=_kind_mix(vqa_share), teacher_examples=teacher_examples,
+                           teacher_share=teacher_share,
                            pretrain_lr=pretrain_lr, lm_dtype=lm_dtype, threads=threads,
                            probe_every=probe_every if probe_every > 0 else 10 ** 9,
                            probe_vqa=8 if quick else 40, probe_names=4 if quick else 20,

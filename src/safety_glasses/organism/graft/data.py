@@ -54,6 +54,7 @@ class GraftExample:
     kind: str
     slots: list[str] = field(default_factory=list)
     slot_groups: int = 1
+    ends: bool = True  # the answer ends the turn (False: a reply cut at a length limit; no end token trained)
 
 
 def _capital(text: str) -> str:
@@ -219,6 +220,8 @@ def encode_for_lm(processor: Any, examples: list[GraftExample], n_tokens: int,
             answer = answer[:answer.index(eos) + 1]
         else:
             answer = answer + [eos]
+        if not ex.ends:
+            answer = answer[:-1]
         rows.append((prompt[len(prefix):] + answer, len(answer)))
     length = max(len(r) for r, _ in rows)
     ids = torch.full((len(rows), length), tok.pad_token_id, dtype=torch.long)
