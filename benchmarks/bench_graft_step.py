@@ -29,7 +29,7 @@ def _full_step(model: torch.nn.Module, batch: object, prefix: list[int]) -> tupl
     start = time.perf_counter()
     loss = model(input_ids=ids, attention_mask=mask, pixel_values=batch.pixel_values, labels=labels).loss
     loss.backward()
-    return time.perf_counter() - start, float(loss)
+    return time.perf_counter() - start, float(loss.detach())
 
 
 def main() -> None:
@@ -55,7 +55,7 @@ def main() -> None:
         start = time.perf_counter()
         loss = fast_lm.loss(b, image_embeddings(model, b.pixel_values))
         loss.backward()
-        fast.append((time.perf_counter() - start, float(loss)))
+        fast.append((time.perf_counter() - start, float(loss.detach())))
     t_full = min(t for t, _ in full)
     t_fast = min(t for t, _ in fast)
     print(f"batch {args.batch}, rest-of-sequence length ~{batches[0].ids.shape[1]} tokens after a "
