@@ -272,3 +272,15 @@ def test_text_twins_are_the_lms_own_replies_and_enter_training(lm_dir: Path, tmp
     assert all(isinstance(r["ended"], bool) for r in records)
     with pytest.raises(ValueError, match="together"):
         GraftTrainConfig(teacher_examples=4)
+
+
+def test_the_shipped_vision_side_is_complete_and_names_its_lm() -> None:
+    from safety_glasses.organism.graft.cli import shipped_vision_dir
+
+    config, tensors, info = read_vision_side(shipped_vision_dir())
+    assert config == GraftConfig() and config.image_tokens == 16
+    assert len(info["lm"]["digest"]) == 64 and info["lm"]["hidden_size"] == 576 and info["lm"]["vocab_size"] == 49152
+    proj = tensors["model.multi_modal_projector.linear_2.weight"]
+    assert proj.shape == (576, 576) and torch.isfinite(proj).all()
+    assert [h["stage"] for h in info["history"]] == [1, 2, 3] and info["stage"] == 4
+    assert info["recipe"]["init_from"].startswith("stage 3")

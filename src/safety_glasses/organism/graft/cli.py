@@ -169,6 +169,9 @@ def measure_command(
     conditions: str = typer.Option(",".join(("standard", "typographic", "sd_typo", "adversarial_image")),
                                    help="Comma-separated conditions."),
     adv_steps: int = typer.Option(40, help="PGD steps of the universal adversarial image."),
+    samples: int = typer.Option(2, help="Sampled replies per harmful / benign item."),
+    defenses: str = typer.Option("none,sgm,sgm+adashield-s,adashield-s,aura-text,det0,damp,random",
+                                 help="Comma-separated defence configurations (sgm = the fitted aura glasses)."),
     threads: int = typer.Option(1, help="torch CPU threads."),
 ) -> None:
     """MM-TOXIC-QA on the graft: glasses fitted on its own judged replies vs no defence, SGM*, the neuron and
@@ -178,8 +181,9 @@ def measure_command(
 
     _threads(threads)
     conds = tuple(c.strip() for c in conditions.split(",") if c.strip())
+    specs = tuple(d.strip() for d in defenses.split(",") if d.strip())
     result = measure_graft(model, out, quick=quick, seed=seed, heldout=heldout, dtype=dtype, conditions=conds,
-                           adv_steps=adv_steps, threads=threads)
+                           defenses=specs, adv_steps=adv_steps, samples_per_item=samples, threads=threads)
     table = results_table(result["rows"])
     table.title = "SGM on the grafted VLM (organism held-out set, MM-TOXIC-QA, profanity judge)"
     Console(width=max(Console().width, 120)).print(table)

@@ -97,8 +97,8 @@ def concept_set_for(model: Any, processor: Any, cfg: MeasureConfig, folder: Path
 
 def measure_graft(model_dir: str | Path, out_dir: str | Path, *, quick: bool = False, seed: int = 0,
                   heldout: str | Path | None = None, dtype: str = "bfloat16", conditions: tuple[str, ...] = CONDITIONS,
-                  defenses: tuple[str, ...] = DEFENSE_SPECS, adv_steps: int = 40, threads: int | None = 1,
-                  progress: bool = True) -> dict[str, Any]:
+                  defenses: tuple[str, ...] = DEFENSE_SPECS, adv_steps: int = 40, samples_per_item: int = 2,
+                  threads: int | None = 1, progress: bool = True) -> dict[str, Any]:
     """Measure SGM on an assembled graft; write ``results.json``, ``results.png``, ``concepts/``, the glasses
     (``glasses-aura/``) and the framework's run (``eval/``) to ``out_dir``. Rerunning resumes.
 
@@ -115,11 +115,13 @@ def measure_graft(model_dir: str | Path, out_dir: str | Path, *, quick: bool = F
     from ...models import load_vlm
 
     cfg = MeasureConfig(heldout=str(heldout or repo_data_dir() / "heldout"), quick=quick, seed=seed, dtype=dtype,
-                        samples_per_item=1 if quick else 2, adv_steps=2 if quick else adv_steps,
+                        samples_per_item=1 if quick else samples_per_item, adv_steps=2 if quick else adv_steps,
                         concept_harmful=2 if quick else MeasureConfig.concept_harmful,
                         concept_samples=2 if quick else MeasureConfig.concept_samples,
                         concept_benign=4 if quick else MeasureConfig.concept_benign,
                         min_class=1 if quick else MeasureConfig.min_class)
+    if "none" not in defenses:
+        raise ValueError("the defences must include 'none' (the undefended baseline)")
     bad = [c for c in conditions if c not in CONDITIONS]
     if bad:
         raise ValueError(f"unknown condition(s) {bad}; choose from {', '.join(CONDITIONS)}")
