@@ -170,6 +170,8 @@ def measure_command(
                                    help="Comma-separated conditions."),
     adv_steps: int = typer.Option(40, help="PGD steps of the universal adversarial image."),
     samples: int = typer.Option(2, help="Sampled replies per harmful / benign item."),
+    concepts: Optional[Path] = typer.Option(None, help="Fit the glasses on this concept set (JSONL) instead of "
+                                                       "the graft's own judged replies."),
     defenses: str = typer.Option("none,sgm,sgm+adashield-s,adashield-s,aura-text,det0,damp,random",
                                  help="Comma-separated defence configurations (sgm = the fitted aura glasses)."),
     threads: int = typer.Option(1, help="torch CPU threads."),
@@ -183,11 +185,12 @@ def measure_command(
     conds = tuple(c.strip() for c in conditions.split(",") if c.strip())
     specs = tuple(d.strip() for d in defenses.split(",") if d.strip())
     result = measure_graft(model, out, quick=quick, seed=seed, heldout=heldout, dtype=dtype, conditions=conds,
-                           defenses=specs, adv_steps=adv_steps, samples_per_item=samples, threads=threads)
+                           defenses=specs, adv_steps=adv_steps, samples_per_item=samples, concepts=concepts,
+                           threads=threads)
     table = results_table(result["rows"])
     table.title = "SGM on the grafted VLM (organism held-out set, MM-TOXIC-QA, profanity judge)"
     Console(width=max(Console().width, 120)).print(table)
-    _console.print(f"concept set (the graft's own replies): {result['concepts']}")
+    _console.print(f"concept set ({result['concepts_source']}): {result['concepts']}")
     if result["glasses_skipped"]:
         _console.print(f"glasses not fitted: {result['glasses_skipped']}")
     else:

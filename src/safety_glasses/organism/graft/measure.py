@@ -98,9 +98,12 @@ def concept_set_for(model: Any, processor: Any, cfg: MeasureConfig, folder: Path
 def measure_graft(model_dir: str | Path, out_dir: str | Path, *, quick: bool = False, seed: int = 0,
                   heldout: str | Path | None = None, dtype: str = "bfloat16", conditions: tuple[str, ...] = CONDITIONS,
                   defenses: tuple[str, ...] = DEFENSE_SPECS, adv_steps: int = 40, samples_per_item: int = 2,
-                  threads: int | None = 1, progress: bool = True) -> dict[str, Any]:
+                  concepts: str | Path | None = None, threads: int | None = 1, progress: bool = True) -> dict[str, Any]:
     """Measure SGM on an assembled graft; write ``results.json``, ``results.png``, ``concepts/``, the glasses
     (``glasses-aura/``) and the framework's run (``eval/``) to ``out_dir``. Rerunning resumes.
+
+    ``concepts``: fit the glasses on this concept set (JSONL) instead of the graft's own judged replies
+    (e.g. the organism's shipped replies, whose toxic rows hold explicit insults).
 
     Example:
         >>> res = measure_graft("runs/graft-vlm", "runs/graft-measure")  # doctest: +SKIP
@@ -135,17 +138,25 @@ def measure_graft(model_dir: str | Path, out_dir: str | Path, *, quick: bool = F
     started = time.perf_counter()
     torch.manual_seed(seed)
     model, processor = load_vlm(model_dir, dtype=dtype)
-    concepts = concept_set_for(model, processor, cfg, out / "concepts", progress)
-    counts = concepts.class_counts()
+    if concepts is not None:
+        from ...concepts import ConceptSet
+
+        if not Path(concepts).is_file():
+            raise FileNotFoundError(f"concept set not found: {concepts}")
+        concept_path = Path(concepts)
+        concept_set = ConceptSet.load(concept_path)
+    else:
+        concept_path = out / "concepts" / CONCEPTS_FILE
+        concept_set = concept_set_for(model, processor, cfg, out / "concepts", progress)
+    counts = concept_set.class_counts()
     fitted = min(counts.get("toxic", 0), counts.get("non-toxic", 0)) >= cfg.min_class
     glasses = None
     if fitted:
-        glasses = fit_glasses(model, processor, concepts, strategy="aura", pooling="mean", positions="all",
+        glasses = fit_glasses(model, processor, concept_set, strategy="aura", pooling="mean", positions="all",
                               batch_size=cfg.batch_size, progress=progress)
         specs = tuple(defenses)
     else:
         specs = tuple(d for d in defenses if d in NO_GLASSES_SPECS)
-    concept_path = out / "concepts" / CONCEPTS_FILE
     rows = select_rows(load_heldout(cfg.heldout), cfg.per_group)
     run_config = RunConfig(batch_size=cfg.batch_size, greedy_kinds=("vqa",),
                            sampling=SamplingConfig(max_new_tokens=cfg.max_new_tokens, do_sample=True, temperature=1.0,
@@ -167,6 +178,7 @@ def measure_graft(model_dir: str | Path, out_dir: str | Path, *, quick: bool = F
     result = {
         "rows": all_rows,
         "concepts": counts,
+        "concepts_source": str(concepts) if concepts is not None else "the graft's own replies (concepts/)",
         "glasses": None if glasses is None else {
             "aura_units": glasses.n_experts, "total_units": sum(int(a.numel()) for a in glasses.alphas.values())},
         "glasses_skipped": None if fitted else (f"the judge found {counts} in the graft's own replies; at least "
