@@ -11,9 +11,9 @@ Example:
     ((544,), 2516)
 """
 
-from fggm.config import ChannelConfig, ConfigError, EnvConfig, FggmConfig, TrainConfig
-from fggm.env import MuMimoEnv, observation_indices
-from fggm.mimo import SubsetCodec
+from fggm.mimo.config import ChannelConfig, ConfigError, EnvConfig, FggmConfig, TrainConfig
+from fggm.mimo.env import MuMimoEnv, observation_indices
+from fggm.mimo.physics import SubsetCodec
 
 __all__ = [
     "ChannelConfig",

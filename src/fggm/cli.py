@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fggm.config import ConfigError, EnvConfig, FggmConfig
+from fggm.mimo.config import ConfigError, EnvConfig, FggmConfig
 
 app = typer.Typer(
     name="fggm",
@@ -54,7 +54,7 @@ def train(
     no_eval: bool = typer.Option(False, "--no-eval", help="Skip the final evaluation against the baselines."),
 ) -> None:
     """Train the SAC scheduler (SB3 SAC inside VecNormalize) and write a loadable checkpoint."""
-    from fggm.train import train as run_train
+    from fggm.mimo.train import train as run_train
 
     try:
         cfg = FggmConfig.from_file(config)
@@ -103,8 +103,8 @@ def resolve_schedulers(names: list[str], env_config: EnvConfig | None, seed: int
         >>> scheds[0].name, cfg.num_users
         ('greedy', 16)
     """
-    from fggm.schedulers import BASELINES, PolicyScheduler, make_scheduler
-    from fggm.train import load_config_for_dir, load_scheduler
+    from fggm.mimo.schedulers import BASELINES, PolicyScheduler, make_scheduler
+    from fggm.mimo.train import load_config_for_dir, load_scheduler
 
     if not names:
         raise ConfigError("give at least one --scheduler")
@@ -138,7 +138,7 @@ def evaluate(
     oracle: bool = typer.Option(False, "--oracle", help="With --attack: add the white-box oracle PGD upper bound."),
 ) -> None:
     """Evaluate schedulers on identical unseen channels: reward, sum SE, Jain, per-user throughput."""
-    from fggm.evaluate import evaluate_schedulers, write_results
+    from fggm.mimo.evaluate import evaluate_schedulers, write_results
     from fggm.plots import plot_evaluation
 
     if attack is not None:
@@ -177,7 +177,7 @@ def _floats(text: str, what: str) -> tuple[float, ...]:
 
 
 def _evaluate_attack(attack: Path, scheduler: list[str], ttis: int, seed: int, out: Path, oracle: bool) -> None:
-    from fggm.attack_eval import attack_table, evaluate_attack_file
+    from fggm.mimo.attack_eval import attack_table, evaluate_attack_file
 
     try:
         if ttis < 1:
@@ -212,8 +212,8 @@ def attack(
     """Craft an FGGM attack: forged CSI whose certified action bound keeps the victims unscheduled."""
     import torch
 
-    from fggm.attack import AttackSetup, ThreatModel, Victim, run_fggm
-    from fggm.attack_eval import default_scheduler
+    from fggm.mimo.attack import AttackSetup, ThreatModel, Victim, run_fggm
+    from fggm.mimo.attack_eval import default_scheduler
 
     torch.set_num_threads(max(1, threads))
     try:
@@ -259,8 +259,8 @@ def sweep(
     """Sweep FGGM vs random CSI over attackers (1..N), k and channel model; PNGs of the drop and CDFs."""
     import torch
 
-    from fggm.attack import ThreatModel, Victim
-    from fggm.attack_eval import attack_table, default_scheduler, run_sweep
+    from fggm.mimo.attack import ThreatModel, Victim
+    from fggm.mimo.attack_eval import attack_table, default_scheduler, run_sweep
 
     torch.set_num_threads(max(1, threads))
     try:
@@ -297,8 +297,8 @@ def demo(
     """On the shipped scheduler: craft FGGM and the baselines, evaluate all, print the table, write PNGs."""
     import torch
 
-    from fggm.attack import ThreatModel, Victim
-    from fggm.attack_eval import attack_table, default_scheduler, run_demo
+    from fggm.mimo.attack import ThreatModel, Victim
+    from fggm.mimo.attack_eval import attack_table, default_scheduler, run_demo
 
     torch.set_num_threads(max(1, threads))
     try:

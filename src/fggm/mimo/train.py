@@ -1,0 +1,320 @@
+"""Train the DRL scheduler (Stable-Baselines3 SAC inside ``VecNormalize``) and load it back.
+
+A checkpoint directory holds ``sac.zip`` (``SAC.load``-able, no replay buffer, optimiser moments
+and the separate target critic dropped to keep it small, see :func:`save_checkpoint`), ``vecnormalize.pkl`` (the observation normaliser's running statistics)
+and ``manifest.json`` (config, seed, versions, steps, wall time, final evaluation). Training also
+writes ``progress.csv`` and ``training_curve.png``.
+
+Example:
+    >>> # from fggm.mimo.config import FggmConfig
+    >>> # manifest = train(FggmConfig.from_file("configs/tiny.yaml"), "runs/tiny")
+    >>> # model, vecnorm, env_cfg = load_scheduler("runs/tiny")
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import platform
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fggm.mimo.config import ConfigError, EnvConfig, FggmConfig, env_config_from_dict
+from fggm.mimo.env import MuMimoEnv, check_sizes
+
+MODEL_FILE = "sac.zip"
+NORM_FILE = "vecnormalize.pkl"
+MANIFEST_FILE = "manifest.json"
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages that shape a checkpoint.
+
+    Example:
+        >>> "stable_baselines3" in versions()
+        True
+    """
+    import gymnasium
+    import stable_baselines3
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "gymnasium": gymnasium.__version__,
+        "stable_baselines3": stable_baselines3.__version__,
+    }
+
+
+def make_vec_env(env_config: EnvConfig, n_envs: int, seed: int) -> Any:
+    """``DummyVecEnv`` of monitored :class:`MuMimoEnv` copies, seeded ``seed, seed+1, ...``.
+
+    Example:
+        >>> v = make_vec_env(EnvConfig(num_antennas=4, num_users=4, max_scheduled=2), 1, 0)
+        >>> v.observation_space.shape
+        (40,)
+    """
+    from stable_baselines3.common.monitor import Monitor
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    venv = DummyVecEnv([lambda: Monitor(MuMimoEnv(env_config)) for _ in range(n_envs)])
+    venv.seed(seed)
+    return venv
+
+
+def _strip_optimizer_state(model: Any) -> None:
+    """Replace the optimisers by fresh ones (same class and settings) so their moments are not saved."""
+    for owner in (model.actor, model.critic):
+        opt = owner.optimizer
+        owner.optimizer = type(opt)(opt.param_groups[0]["params"], **{k: v for k, v in opt.defaults.items()})
+        owner.optimizer.load_state_dict({"state": {}, "param_groups": opt.state_dict()["param_groups"]})
+
+
+def save_checkpoint(model: Any, vecnormalize: Any, out_dir: str | Path, compact: bool = True) -> None:
+    """Write ``sac.zip`` + ``vecnormalize.pkl``.
+
+    ``compact`` (default) keeps the file small without breaking ``SAC.load``: the Adam moments are
+    dropped (training would resume with fresh ones) and the Polyak target critic is stored as a
+    copy of the critic (shared storage, written once). The actor, and so every action, is unchanged.
+
+    Example:
+        >>> # save_checkpoint(model, vecnorm, "data/schedulers/mine")
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if compact:
+        saved = (model.actor.optimizer, model.critic.optimizer)
+        target_data = [p.data for p in model.critic_target.parameters()]
+        try:
+            _strip_optimizer_state(model)
+            # the target critic is written as the critic itself: torch stores shared storages once
+            for p_target, p_critic in zip(model.critic_target.parameters(), model.critic.parameters()):
+                p_target.data = p_critic.data
+            model.save(out / MODEL_FILE, exclude=["replay_buffer"])
+        finally:
+            model.actor.optimizer, model.critic.optimizer = saved
+            for p_target, data in zip(model.critic_target.parameters(), target_data):
+                p_target.data = data
+    else:
+        model.save(out / MODEL_FILE, exclude=["replay_buffer"])
+    vecnormalize.save(str(out / NORM_FILE))
+
+
+def load_scheduler(path: str | Path, env_config: EnvConfig | None = None) -> tuple[Any, Any, EnvConfig]:
+    """Load ``(SAC model, VecNormalize, EnvConfig)`` from a checkpoint directory.
+
+    The VecNormalize is set to evaluation mode (statistics frozen, rewards not normalised).
+    With ``env_config`` given, a checkpoint of a different size raises :class:`ConfigError`.
+
+    Example:
+        >>> # model, vecnorm, cfg = load_scheduler("data/schedulers/smart16")
+        >>> # obs = vecnorm.normalize_obs(raw_obs); action, _ = model.predict(obs, deterministic=True)
+    """
+    from stable_baselines3 import SAC
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    d = Path(path)
+    for name in (MODEL_FILE, NORM_FILE, MANIFEST_FILE):
+        if not (d / name).is_file():
+            raise ConfigError(f"{d} is not a scheduler checkpoint: missing {name}")
+    manifest = json.loads((d / MANIFEST_FILE).read_text())
+    ckpt_cfg = env_config_from_dict(manifest["config"]["env"])
+    if env_config is not None:
+        for key in ("num_antennas", "num_users", "max_scheduled"):
+            if getattr(env_config, key) != getattr(ckpt_cfg, key):
+                raise ConfigError(
+                    f"checkpoint {d} was trained for {key}={getattr(ckpt_cfg, key)} but the environment has "
+                    f"{key}={getattr(env_config, key)}"
+                )
+    cfg = env_config or ckpt_cfg
+    model = SAC.load(d / MODEL_FILE, device="cpu")
+    check_sizes(cfg, int(model.observation_space.shape[0]), what=f"checkpoint {d}")
+    vecnorm = VecNormalize.load(str(d / NORM_FILE), DummyVecEnv([lambda: MuMimoEnv(cfg)]))
+    if vecnorm.obs_rms.mean.shape != (cfg.obs_dim,):
+        raise ConfigError(f"normaliser in {d} has size {vecnorm.obs_rms.mean.shape[0]}, environment needs {cfg.obs_dim}")
+    vecnorm.training = False
+    vecnorm.norm_reward = False
+    return model, vecnorm, cfg
+
+
+def _quick_eval(model: Any, vecnorm: Any, env_config: EnvConfig, ttis: int, seed: int) -> float:
+    from fggm.mimo.evaluate import run_scheduler
+    from fggm.mimo.schedulers import PolicyScheduler
+
+    return float(run_scheduler(env_config, PolicyScheduler(model, vecnorm), ttis, seed)["mean_reward"])
+
+
+def train(
+    config: FggmConfig,
+    out_dir: str | Path,
+    steps: int | None = None,
+    seed: int | None = None,
+    progress: bool = True,
+    final_eval: bool = True,
+) -> dict[str, Any]:
+    """Train SAC on :class:`MuMimoEnv`; write checkpoint, CSV log, curve PNG and manifest; return the manifest.
+
+    The checkpoint kept is the best one by periodic evaluation on validation channels (seed
+    ``eval_seed + 1``, distinct from the final evaluation seed ``eval_seed``).
+
+    Example:
+        >>> # train(FggmConfig.from_file("configs/tiny.yaml"), "runs/tiny", steps=300)
+    """
+    import torch
+    from stable_baselines3 import SAC
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    tc = config.train
+    steps = int(steps if steps is not None else tc.total_steps)
+    seed = int(seed if seed is not None else tc.seed)
+    if steps < 1:
+        raise ConfigError("steps must be >= 1")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(tc.torch_threads)
+    venv = make_vec_env(config.env, tc.n_envs, seed)
+    vecnorm = VecNormalize(venv, norm_obs=tc.norm_obs, norm_reward=tc.norm_reward, clip_obs=tc.clip_obs, gamma=tc.gamma)
+    model = SAC(
+        "MlpPolicy",
+        vecnorm,
+        learning_rate=tc.learning_rate,
+        buffer_size=tc.buffer_size,
+        batch_size=tc.batch_size,
+        gamma=tc.gamma,
+        tau=tc.tau,
+        train_freq=tc.train_freq,
+        gradient_steps=tc.gradient_steps,
+        learning_starts=min(tc.learning_starts, max(steps - 1, 0)),
+        policy_kwargs={"net_arch": list(tc.net_arch)},
+        seed=seed,
+        device="cpu",
+        verbose=0,
+    )
+    log_path = out / "progress.csv"
+    val_seed = tc.eval_seed + 1
+    val_ttis = min(tc.eval_ttis, config.env.episode_length)
+    t0 = time.time()
+    state: dict[str, Any] = {"best": -np.inf, "best_step": 0}
+
+    def _write_manifest(steps_done: int, complete: bool) -> dict[str, Any]:
+        manifest: dict[str, Any] = {
+            "format": "fggm-sac-scheduler/1",
+            "complete": complete,
+            "config": config.to_dict(),
+            "seed": seed,
+            "steps": int(steps_done),
+            "steps_requested": steps,
+            "stopped_by_wall_clock": bool(state.get("stopped_early", False)),
+            "checkpoint_step": state["best_step"],
+            "checkpoint_val_reward": None if not np.isfinite(state["best"]) else state["best"],
+            "validation": {"ttis": val_ttis, "seed": val_seed},
+            "wall_time_s": round(time.time() - t0, 1),
+            "versions": versions(),
+            "obs_dim": config.env.obs_dim,
+            "num_subsets": config.env.num_subsets,
+            "sac": {"train_freq": tc.train_freq, "gradient_steps": tc.gradient_steps, "net_arch": list(tc.net_arch),
+                    "gamma": tc.gamma, "norm_reward": tc.norm_reward, "n_envs": tc.n_envs, "batch_size": tc.batch_size,
+                    "learning_rate": tc.learning_rate, "buffer_size": tc.buffer_size, "learning_starts": tc.learning_starts},
+            "files": {"model": MODEL_FILE, "normalizer": NORM_FILE, "log": "progress.csv", "curve": "training_curve.png"},
+            "storage": "SB3 zip without replay buffer or Adam moments; target critic stored as the critic",
+        }
+        (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+        return manifest
+
+    class _Logger(BaseCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.recent: deque[float] = deque(maxlen=tc.log_interval)
+            self.fh = open(log_path, "w", newline="")
+            self.writer = csv.writer(self.fh)
+            self.writer.writerow(["step", "wall_s", "reward_mean", "val_reward", "actor_loss", "critic_loss", "ent_coef"])
+            self.bar = None
+            if progress:
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=steps, desc="training SAC", unit="step", mininterval=2.0)
+
+        def _on_step(self) -> bool:
+            self.recent.extend(np.asarray(vecnorm.get_original_reward()).reshape(-1).tolist())
+            n = self.num_timesteps
+            if self.bar is not None:
+                self.bar.update(self.training_env.num_envs)
+            if n % tc.log_interval < self.training_env.num_envs or n >= steps:
+                val = ""
+                if n > model.learning_starts:
+                    vecnorm.training = False
+                    val_r = _quick_eval(model, vecnorm, config.env, val_ttis, val_seed)
+                    vecnorm.training = True
+                    val = f"{val_r:.5f}"
+                    if val_r > state["best"]:
+                        state["best"], state["best_step"] = val_r, n
+                        save_checkpoint(model, vecnorm, out)
+                        _write_manifest(n, complete=False)
+                logv = model.logger.name_to_value
+                self.writer.writerow([
+                    n, f"{time.time() - t0:.1f}", f"{np.mean(self.recent):.5f}", val,
+                    f"{logv.get('train/actor_loss', float('nan')):.5f}",
+                    f"{logv.get('train/critic_loss', float('nan')):.5f}",
+                    f"{logv.get('train/ent_coef', float('nan')):.5f}",
+                ])
+                self.fh.flush()
+                if self.bar is not None:
+                    self.bar.set_postfix(reward=f"{np.mean(self.recent):.3f}", val=val or "-")
+            if tc.max_wall_s is not None and time.time() - t0 > tc.max_wall_s:
+                state["stopped_early"] = True
+                return False
+            return True
+
+        def _on_training_end(self) -> None:
+            self.fh.close()
+            if self.bar is not None:
+                self.bar.close()
+
+    model.learn(total_timesteps=steps, callback=_Logger(), progress_bar=False)
+    if state["best_step"] == 0:  # never evaluated (very short run): keep the final weights
+        save_checkpoint(model, vecnorm, out)
+        state["best_step"] = int(model.num_timesteps)
+    manifest = _write_manifest(int(model.num_timesteps), complete=True)
+    from fggm.plots import plot_training_curve
+
+    plot_training_curve(log_path, out / "training_curve.png")
+    if final_eval:
+        manifest["final_evaluation"] = final_evaluation(out, config.env, tc.eval_ttis, tc.eval_seed, progress=progress)
+        (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def final_evaluation(ckpt_dir: str | Path, env_config: EnvConfig, ttis: int, seed: int, progress: bool = False) -> dict[str, Any]:
+    """Evaluate the saved checkpoint and every baseline on unseen channels (seed ``seed``).
+
+    Example:
+        >>> # final_evaluation("runs/tiny", EnvConfig(...), ttis=800, seed=12345)
+    """
+    from fggm.mimo.evaluate import evaluate_schedulers
+    from fggm.mimo.schedulers import BASELINES, PolicyScheduler, make_scheduler
+
+    model, vecnorm, _ = load_scheduler(ckpt_dir, env_config)
+    scheds = [PolicyScheduler(model, vecnorm, name="sac")] + [make_scheduler(b, seed) for b in BASELINES]
+    rows = evaluate_schedulers(env_config, scheds, ttis, seed, progress=progress)
+    summary = {r["scheduler"]: {k: r[k] for k in ("mean_reward", "sum_se", "jain")} for r in rows}
+    best = summary["exhaustive"]["mean_reward"]
+    summary["sac_vs_exhaustive"] = summary["sac"]["mean_reward"] / best if best else float("nan")
+    return {"ttis": ttis, "seed": seed, "results": summary}
+
+
+def load_config_for_dir(path: str | Path) -> EnvConfig:
+    """Env config stored in a checkpoint's manifest.
+
+    Example:
+        >>> # load_config_for_dir("data/schedulers/smart16").num_users
+    """
+    d = Path(path)
+    if not (d / MANIFEST_FILE).is_file():
+        raise ConfigError(f"{d} is not a scheduler checkpoint: missing {MANIFEST_FILE}")
+    return env_config_from_dict(json.loads((d / MANIFEST_FILE).read_text())["config"]["env"])
