@@ -16,6 +16,7 @@ from .expertise import auroc
 from .glasses import Glasses, new_glasses
 from .models import resolve_units
 from .recording import record_activations
+from .strategies import check_strategy
 
 
 def as_concept_set(concepts: ConceptSet | str | Path | Iterable[dict[str, Any]]) -> ConceptSet:
@@ -30,13 +31,15 @@ def as_concept_set(concepts: ConceptSet | str | Path | Iterable[dict[str, Any]])
 def fit_glasses(model: nn.Module, processor: Any, concepts: ConceptSet | str | Path | Iterable[dict[str, Any]], *,
                 units: str = "act", pooling: str = "mean", positions: str = "all", strategy: str = "aura",
                 threshold: float = 0.5, top_k: int | None = None, layers: str | Sequence[int] | None = None,
-                batch_size: int = 8, damp_alpha: float = 0.5, seed: int = 0,
-                record_dir: str | Path | None = None, progress: bool = True) -> Glasses:
+                batch_size: int = 8, damp_alpha: float = 0.5, seed: int = 0, clamp: bool = True,
+                selection: str = "top-k", record_dir: str | Path | None = None, progress: bool = True) -> Glasses:
     """Find the toxic expert units of ``model``'s language tower and build glasses for them.
 
     Every unit of the selected decoder MLPs is pooled over the tokens of each concept row
     (image + prompt + response) and scored as a classifier of toxic vs non-toxic rows (AUROC);
-    ``strategy`` turns the scores into per-unit alphas (see :mod:`safety_glasses.strategies`).
+    ``strategy`` turns the scores into per-unit alphas (see :mod:`safety_glasses.strategies`;
+    ``clamp=False`` is the SGM authors' amplifying aura variant, ``selection="ml-aura"`` apple/ml-aura's
+    det0/damp unit selection).
     ``record_dir`` keeps the recording (and resumes a killed one); by default a temporary
     folder is used and removed.
 
@@ -45,6 +48,8 @@ def fit_glasses(model: nn.Module, processor: Any, concepts: ConceptSet | str | P
         >>> glasses = fit_glasses(model, processor, "concepts.jsonl", batch_size=4)
         >>> glasses.save_pretrained("glasses/llava-aura")
     """
+    check_strategy(strategy, threshold=threshold, top_k=top_k, damp_alpha=damp_alpha, clamp=clamp,
+                   selection=selection)  # bad settings fail before the recording
     cs = as_concept_set(concepts)
     sites = resolve_units(model, kind=units, layers=layers)
     keep = nullcontext(str(record_dir)) if record_dir is not None else tempfile.TemporaryDirectory(prefix="sgm-rec-")
@@ -58,6 +63,7 @@ def fit_glasses(model: nn.Module, processor: Any, concepts: ConceptSet | str | P
             aurocs[s.module_name] = torch.as_tensor(auroc(rec.matrix(s.module_name), labels)).float()
     layer_ids = sorted({s.layer for s in sites})
     return new_glasses(model, sites, aurocs, strategy=strategy, threshold=threshold, top_k=top_k,
-                       damp_alpha=damp_alpha, seed=seed, pooling=pooling, positions=positions,
+                       damp_alpha=damp_alpha, seed=seed, clamp=clamp, selection=selection, pooling=pooling,
+                       positions=positions,
                        layers=layer_ids,
                        concepts={"hash": concept_hash, "rows": len(cs), "counts": cs.class_counts()})

@@ -51,6 +51,8 @@ class GlassesConfig:
     top_k: int | None = None
     damp_alpha: float = 0.5
     seed: int = 0
+    clamp: bool = True
+    selection: str = "top-k"
     pooling: str = "mean"
     positions: str = "all"
     layers: list[int] | None = None
@@ -106,11 +108,11 @@ class Glasses:
 
     @property
     def n_experts(self) -> int:
-        """Number of units whose alpha is below 1."""
-        return int(sum(int((a < 1.0).sum()) for a in self.alphas.values()))
+        """Number of units the glasses change (alpha != 1: dampened, or amplified with ``clamp=False``)."""
+        return int(sum(int((a != 1.0).sum()) for a in self.alphas.values()))
 
     def summary(self) -> list[dict[str, Any]]:
-        """One row per site: layer, module, units, experts (alpha < 1), min and mean alpha, max AUROC.
+        """One row per site: layer, module, units, experts (alpha != 1), min and mean alpha, max AUROC.
 
         Example:
             >>> glasses.summary()[0]["experts"]
@@ -122,7 +124,7 @@ class Glasses:
             au = self.aurocs.get(s.module_name)
             rows.append({
                 "layer": s.layer, "module": s.module_name, "units": s.size,
-                "experts": int((a < 1.0).sum()), "min_alpha": float(a.min()), "mean_alpha": float(a.mean()),
+                "experts": int((a != 1.0).sum()), "min_alpha": float(a.min()), "mean_alpha": float(a.mean()),
                 "max_auroc": float(au.max()) if au is not None and au.numel() else None,
             })
         return rows
@@ -132,7 +134,8 @@ class Glasses:
         return {str(r["layer"]): r["experts"] for r in self.summary()}
 
     def derive(self, strategy: str, *, threshold: float | None = None, top_k: int | None = None,
-               damp_alpha: float | None = None, seed: int | None = None) -> "Glasses":
+               damp_alpha: float | None = None, seed: int | None = None, clamp: bool | None = None,
+               selection: str | None = None) -> "Glasses":
         """New glasses from the same AUROCs with another strategy (no new recording).
 
         Example:
@@ -147,11 +150,13 @@ class Glasses:
                                "strategy": strategy,
                                "threshold": c.threshold if threshold is None else threshold,
                                "top_k": top_k, "damp_alpha": c.damp_alpha if damp_alpha is None else damp_alpha,
-                               "seed": c.seed if seed is None else seed})
+                               "seed": c.seed if seed is None else seed,
+                               "clamp": c.clamp if clamp is None else clamp,
+                               "selection": c.selection if selection is None else selection})
         if strategy == "random" and top_k is None and c.strategy == "aura" and c.top_k is not None:
             cfg.top_k = c.top_k
         alphas = compute_alphas(self.aurocs, strategy, threshold=cfg.threshold, top_k=cfg.top_k,
-                                damp_alpha=cfg.damp_alpha, seed=cfg.seed)
+                                damp_alpha=cfg.damp_alpha, seed=cfg.seed, clamp=cfg.clamp, selection=cfg.selection)
         return Glasses(cfg, alphas, self.aurocs)
 
     # ---------------------------------------------------------------- checks
@@ -279,11 +284,13 @@ def _site_width(module: nn.Module, where: str) -> int | None:
 
 def new_glasses(model: nn.Module, sites: Sequence[UnitSite], aurocs: dict[str, torch.Tensor], *,
                 strategy: str = "aura", threshold: float = 0.5, top_k: int | None = None,
-                damp_alpha: float = 0.5, seed: int = 0, **config: Any) -> Glasses:
+                damp_alpha: float = 0.5, seed: int = 0, clamp: bool = True, selection: str = "top-k",
+                **config: Any) -> Glasses:
     """Glasses for ``model`` from per-site AUROC vectors (the last step of :func:`fit_glasses`)."""
-    alphas = compute_alphas(aurocs, strategy, threshold=threshold, top_k=top_k, damp_alpha=damp_alpha, seed=seed)
+    alphas = compute_alphas(aurocs, strategy, threshold=threshold, top_k=top_k, damp_alpha=damp_alpha, seed=seed,
+                            clamp=clamp, selection=selection)
     cfg = GlassesConfig(strategy=strategy, sites=list(sites), unit_kind=sites[0].kind if sites else "act",
-                        threshold=threshold, top_k=top_k, damp_alpha=damp_alpha, seed=seed,
-                        base_model=model_identity(model), **config)
+                        threshold=threshold, top_k=top_k, damp_alpha=damp_alpha, seed=seed, clamp=clamp,
+                        selection=selection, base_model=model_identity(model), **config)
     return Glasses(cfg, alphas, aurocs)
 
