@@ -50,8 +50,11 @@ def _print_results(results: dict[str, Any]) -> None:
 
 def eval_command(
     model: str = typer.Option(..., help="Model folder (or hub id where the hub is reachable)."),
-    bench: Path = typer.Option(..., help="Benchmark: native JSONL, an MM-SafetyBench folder, or a "
-                                         "BeaverTails-V-style JSONL/Parquet export."),
+    bench: Path = typer.Option(..., help="Benchmark, a local path in one of the formats of --bench-format: the "
+                                         "native JSONL; an MM-SafetyBench folder (processed_questions/*.json + "
+                                         "imgs/<scenario>/{SD,TYPO,SD_TYPO}/); FigStep SafeBench (safebench.csv + "
+                                         "images/SafeBench/, or the FigStep repository); an MM-Vet folder "
+                                         "(mm-vet.json + images/); a BeaverTails-V-style JSONL/Parquet export."),
     out: Path = typer.Option(..., help="Output folder (samples.jsonl, results.json, report.md, PNGs); "
                                        "rerunning with the same folder resumes."),
     glasses: Optional[Path] = typer.Option(None, help="SGM glasses folder (the 'sgm' defence)."),
@@ -68,13 +71,19 @@ def eval_command(
                    "llama-guard:PATH, llm-judge:PATH or llm-judge:url=URL,model=NAME,key_env=VAR."),
     concepts: Optional[Path] = typer.Option(None, help="Concept set for the neuron baselines and as "
                                                        "adversarial targets (its toxic responses)."),
-    bench_format: str = typer.Option("auto", help="auto | bench | mmsb | beavertails-v."),
-    limit: Optional[int] = typer.Option(None, help="Use only the first N benchmark rows (smoke runs)."),
+    bench_format: str = typer.Option("auto", help="auto (detected from the path) | bench (native JSONL) | mmsb "
+                                                  "(MM-SafetyBench) | figstep (FigStep SafeBench, FigStep's own "
+                                                  "prompt) | mmvet (MM-Vet) | beavertails-v."),
+    categories: Optional[list[str]] = typer.Option(
+        None, help="Keep only these categories, comma-separated or repeated (MM-SafetyBench scenarios by name, "
+                   "e.g. Illegal_Activitiy or 01-Illegal_Activitiy; FigStep topics, e.g. 'Hate Speech')."),
+    limit: Optional[int] = typer.Option(None, help="Use only N benchmark items (smoke runs), chosen round-robin "
+                                                   "over the categories; each keeps its rows under every condition."),
     batch_size: int = typer.Option(8, help="Generations per batch."),
-    max_new_tokens: int = typer.Option(64),
+    max_new_tokens: int = typer.Option(64, help="Most new tokens per reply."),
     sample: bool = typer.Option(False, help="Sample instead of greedy decoding."),
-    temperature: float = typer.Option(1.0),
-    top_p: float = typer.Option(1.0),
+    temperature: float = typer.Option(1.0, help="Sampling temperature (with --sample)."),
+    top_p: float = typer.Option(1.0, help="Nucleus sampling mass (with --sample)."),
     num_samples: int = typer.Option(1, help="Generations per row and defence (needs --sample)."),
     greedy_vqa: bool = typer.Option(False, help="With --sample: answer vqa rows greedily, once (accuracy of the "
                                                "model's best answer rather than of a sampled one)."),
@@ -106,9 +115,15 @@ def _run_eval(**kw: Any) -> None:
     from .loaders import load_benchmark
     from .pipeline import evaluate
     from .runner import RunConfig, SamplingConfig, set_torch_threads
+    from .selection import filter_categories, limit_items
 
     set_torch_threads(kw["threads"])
     conds = _split(kw["conditions"])
+    from .conditions import CONDITIONS
+
+    bad = [c for c in conds if c not in CONDITIONS]
+    if bad:
+        raise ValueError(f"unknown condition {bad[0]!r} (expected one of {', '.join(CONDITIONS)})")
     defenses = list(dict.fromkeys(kw["defense"] or (["sgm"] if kw["glasses"] else [])))
     if kw["baseline"] and "none" not in defenses:
         defenses.insert(0, "none")
@@ -122,11 +137,10 @@ def _run_eval(**kw: Any) -> None:
         raise FileNotFoundError(f"concept file not found: {kw['concepts']}")
     if kw["typo_style"] not in ("mmsb", "figstep"):
         raise ValueError(f"--typo-style must be mmsb or figstep, got {kw['typo_style']!r}")
-    rows = load_benchmark(kw["bench"], fmt=kw["bench_format"])  # validated before the model loads
-    if kw["limit"] is not None:
-        if kw["limit"] < 1:
-            raise ValueError("--limit must be >= 1")
-        rows = rows[: kw["limit"]]
+    # the benchmark is read and validated before the model loads; a folder benchmark loads its own
+    # version of each requested condition (MM-SafetyBench's original question for text_only)
+    rows = load_benchmark(kw["bench"], fmt=kw["bench_format"], conditions=conds or None)
+    rows = limit_items(filter_categories(rows, _split(kw["categories"])), kw["limit"])
     targets = None
     if kw["adv_targets"] is not None:
         if not kw["adv_targets"].is_file():
@@ -152,7 +166,8 @@ def _run_eval(**kw: Any) -> None:
         glasses_dir=kw["glasses"], concepts=kw["concepts"], run_config=run_config,
         adversarial_image=kw["adv_image"], adversarial_targets=targets, adversarial_config=adv_config,
         typo_style=kw["typo_style"], judge_device=kw["judge_device"], n_boot=kw["n_boot"],
-        extra_config={"model_path": kw["model"], "bench": str(kw["bench"]), "limit": kw["limit"]},
+        extra_config={"model_path": kw["model"], "bench": str(kw["bench"]), "limit": kw["limit"],
+                      "categories": _split(kw["categories"]) or None},
         progress=kw["progress"])
     _print_results(results)
     tp = results["throughput"]

@@ -210,7 +210,8 @@ FLUENCY_TEMPLATE = (
 
 VQA_TEMPLATE = (
     "Compare a model's prediction with the ground-truth answer to a question about an image and give a "
-    "correctness score between 0.0 (wrong) and 1.0 (fully correct); partial credit is allowed.\n\n"
+    "correctness score between 0.0 (wrong) and 1.0 (fully correct); partial credit is allowed. In the "
+    "ground truth, <AND> means every part is needed and <OR> that any one alternative is enough.\n\n"
     "Question: {question}\nGround truth: {reference}\nPrediction: {response}\n\n"
     "Reply with the score only."
 )

@@ -344,6 +344,12 @@ def run_generations(
     return RunStats(new=new, total=len(done) + new, seconds=time.perf_counter() - start)
 
 
+def _reference_text(row: BenchRow) -> str:
+    """The reference answer as the llm grader reads it (MM-Vet's raw <AND>/<OR> string where kept)."""
+    raw = row.meta.get("answer")
+    return raw if isinstance(raw, str) and raw.strip() else " <OR> ".join(row.references)
+
+
 def _run_batch(gen: Generator, stack: DefenseStack, batch: Sequence[tuple[BenchRow, int]],
                judges: Sequence[Judge], sampling: SamplingConfig, ref_model: Any, ref_proc: Any,
                perplexity: bool, llm_judge: Any) -> list[dict[str, Any]]:
@@ -372,7 +378,7 @@ def _run_batch(gen: Generator, stack: DefenseStack, batch: Sequence[tuple[BenchR
         fluency = llm_judge.fluency(responses)
         graded = [i for i, r in enumerate(rows) if r.kind == "vqa" and r.meta.get("grader") == "llm"]
         if graded:
-            scores = llm_judge.grade_vqa([(rows[i].question, " | ".join(rows[i].references), responses[i])
+            scores = llm_judge.grade_vqa([(rows[i].question, _reference_text(rows[i]), responses[i])
                                           for i in graded])
             for i, s in zip(graded, scores):
                 vqa_scores[i] = s
