@@ -149,7 +149,20 @@ class ConceptRow:
             >>> ConceptRow("a", (Image.new("L", (2, 2)),), "p", "r", 1).load_images()[0].mode
             'RGB'
         """
-        return load_rgb(self.images)
+        try:
+            return load_rgb(self.images)
+        except Exception as exc:  # noqa: BLE001 - PIL raises several types on unreadable data
+            raise ConceptError(f"row {self.id!r}: cannot read an image ({type(exc).__name__}: {exc})") from None
+
+
+def _check_image(path: Path, where: str) -> None:
+    """Parse the image header and check the file (no decoding), so that a broken image is named
+    before any model work."""
+    try:
+        with Image.open(path) as opened:
+            opened.verify()
+    except Exception as exc:  # noqa: BLE001 - PIL raises several types on unreadable data
+        raise ConceptError(f"{where}: unreadable image {path} ({type(exc).__name__})") from None
 
 
 def load_rgb(images: Iterable[Image.Image | str | os.PathLike[str]]) -> list[Image.Image]:
@@ -247,6 +260,7 @@ class ConceptSet:
                         raise ConceptError(
                             f"{where}, row {row.id!r}: image file not found: {image}"
                         )
+                    _check_image(image, f"{where}, row {row.id!r}")
                 images.append(image)
             checked.append(replace(row, images=tuple(images)) if changed else row)
         self.rows: list[ConceptRow] = checked

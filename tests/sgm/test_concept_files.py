@@ -131,3 +131,12 @@ def test_fit_column_map_and_xlsx_fail_before_the_model_loads(tmp_path: Path) -> 
     res = runner.invoke(app, ["fit", "--model", "no-such-model", "--concepts", str(csv_path), "--out",
                               str(tmp_path / "g"), "--column-map", "prompt=Question,response=Answer,label=is_toxic"])
     assert res.exit_code == 2 and "no-such-model" in res.output  # the concepts were fine: the model is next
+
+
+def test_unreadable_concept_image_is_named_before_any_model_work(tmp_path: Path) -> None:
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps({"id": "a", "image": "broken.png", "prompt": "p", "response": "r", "label": 1}) + "\n"
+                    + json.dumps({"id": "b", "prompt": "p", "response": "r", "label": 0}) + "\n")
+    with pytest.raises(ConceptError, match=r"c.jsonl line 1, row 'a': unreadable image .*broken.png"):
+        ConceptSet.load(path)
