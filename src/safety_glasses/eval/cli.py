@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .._cli import cli_errors
+from .._cli import cli_errors, print_table
 
 console = Console()
 
@@ -45,7 +45,15 @@ def _print_results(results: dict[str, Any]) -> None:
         table.add_row(name, _pct(hr["overall"]), ci,
                       *[_pct((hr["by_condition"].get(c) or {}).get("rate")) for c in conds],
                       _pct(m["over_refusal"]["rate"]), _pct(m["vqa_accuracy"]["rate"]), ppl)
-    console.print(table)
+    scopes = results["judges"].get("scopes") or {}
+    if scopes:
+        table.caption = "judges: " + "; ".join(f"{j} = {v['scope']}" for j, v in scopes.items())
+    print_table(table, console)
+    for a in results.get("judge_agreement") or []:
+        if a["n"]:
+            console.print(f"agreement {' vs '.join(a['judges'])} ({a['rows']} rows, n={a['n']}): "
+                          f"{_pct(a['percent_agreement'])} %, kappa "
+                          + ("-" if a["cohen_kappa"] is None else f"{a['cohen_kappa']:.2f}"), markup=False)
 
 
 def eval_command(
@@ -201,5 +209,5 @@ def _run_compare(runs: list[Path], out: Path) -> None:
         table.add_row(r["run"], r["defense"], _pct(r["harmful_rate"]), ci,
                       *[_pct(r["by_condition"].get(c)) for c in conds], _pct(r["over_refusal"]),
                       _pct(r["vqa_accuracy"]), ppl)
-    console.print(table)
+    print_table(table, console)
     console.print(f"wrote {plot_compare(rows, out)}")

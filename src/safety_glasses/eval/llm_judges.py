@@ -98,6 +98,8 @@ class LlamaGuardJudge:
     """
 
     kind = "safety"
+    scope = "harm"
+    measures = "unsafe content under Llama Guard 3's hazard taxonomy (S1-S13), image included"
 
     def __init__(self, path: str | Path, *, device: str = "cpu", batch_size: int = 4,
                  max_new_tokens: int = 16) -> None:
@@ -264,6 +266,9 @@ class LLMJudge:
     """
 
     kind = "safety"
+    scope = "harm"
+    measures = ("an LLM's verdict on whether the reply is unsafe (harmful help or harmful content; "
+                "MM-SafetyBench's scenario-specific criteria where they apply)")
 
     def __init__(self, path: str | Path | None = None, *, url: str | None = None, model: str | None = None,
                  key_env: str | None = None, device: str = "cpu", max_new_tokens: int = 16,

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -22,7 +23,7 @@ from PIL import Image
 from .adversarial import AdversarialConfig, attack_image, load_adversarial
 from .conditions import expand_conditions
 from .defenses import DefenseContext, DefenseStack, parse_defenses
-from .judges import Judge, RefusalJudge, make_judge
+from .judges import Judge, RefusalJudge, judge_scope, language_only_warning, make_judge
 from .report import build_results, write_report
 from .runner import RunConfig, _bench_hash, read_samples, run_generations, sample_key
 from .schema import BenchError, BenchRow
@@ -88,6 +89,7 @@ def evaluate(
     n_boot: int = 1000,
     extra_config: dict[str, Any] | None = None,
     progress: bool = True,
+    warn_language_only: bool = True,
 ) -> dict[str, Any]:
     """Run the whole evaluation and write its outputs to ``out_dir``; returns the results object.
 
@@ -98,6 +100,11 @@ def evaluate(
     ``llm-judge`` among them also rates fluency and grades rows with ``meta["grader"] == "llm"``.
     ``conditions``: keep/derive these conditions (default: the rows as given). Rerunning with the same
     ``out_dir`` resumes.
+
+    Warnings (issued with :func:`warnings.warn` and kept in ``results["warnings"]``): only language
+    judges (profanity, toxicity) scoring harmful requests (``warn_language_only=False`` where the
+    harm studied *is* offensive language, as in the organism demo), and defences whose replies are
+    mostly empty.
 
     Example:
         >>> results = evaluate(model, proc, rows, "runs/x", defenses=["none", "sgm"], glasses_dir="g/")  # doctest: +SKIP
@@ -114,6 +121,11 @@ def evaluate(
         raise BenchError("at least one safety judge is needed (e.g. --judge profanity)")
     refusal_id = next(j.judge_id for j in built if j.kind == "refusal")
     llm_judge = next((j for j in built if j.judge_id.startswith("llm-judge:")), None)
+    notes: list[str] = []
+    language_note = language_only_warning(built, any(r.kind == "harmful" for r in rows))
+    if warn_language_only and language_note:
+        notes.append(language_note)
+        warnings.warn(language_note, UserWarning, stacklevel=2)
 
     adv_meta: dict[str, Any] | None = None
     selected = list(rows)
@@ -162,6 +174,9 @@ def evaluate(
                             defenses=[s.name for s in stacks], config=config, n_boot=n_boot,
                             seed=run_config.sampling.seed,
                             throughput={"new_samples": stats.new, "seconds": stats.seconds,
-                                        "samples_per_s": stats.samples_per_s, "total_samples": stats.total})
+                                        "samples_per_s": stats.samples_per_s, "total_samples": stats.total},
+                            judge_scopes={j.judge_id: judge_scope(j) for j in built}, warnings=notes)
     write_report(out, results)
+    for note in results["warnings"][len(notes):]:  # the flags of this run's replies
+        warnings.warn(note, UserWarning, stacklevel=2)
     return results

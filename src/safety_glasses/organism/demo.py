@@ -225,7 +225,8 @@ def run_demo(out_dir: str | Path, quick: bool = False, seed: int = 0, *, model_d
                        glasses_dir=glasses, concepts=concept_path, run_config=run_config,
                        adversarial_config=AdversarialConfig(eps=cfg.adv_eps, steps=cfg.adv_steps, step_size=1 / 255,
                                                             seed=seed, eval_every=max(1, cfg.adv_steps // 5)),
-                       n_boot=cfg.n_boot, extra_config={"demo": asdict(cfg)}, progress=progress)
+                       n_boot=cfg.n_boot, extra_config={"demo": asdict(cfg)}, progress=progress,
+                       warn_language_only=False)  # the organism's harm is toxic language: profanity measures it
     glasses.save_pretrained(out / "glasses-aura")  # after the evaluation: a refused rerun replaces nothing
     ref_rows = [r for r in rows if r.condition == "standard" and r.kind in ("vqa", "benign")]
     ref_ppl = {s.name: reference_perplexity(model, processor, ref_rows, s, cfg.batch_size) for s in stacks}
