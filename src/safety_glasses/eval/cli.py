@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .._cli import cli_errors, print_table
+from .._cli import check_out_dir, cli_errors, print_table
 
 console = Console()
 
@@ -77,8 +77,10 @@ def eval_command(
     judge: Optional[list[str]] = typer.Option(
         None, help="Judge spec, repeatable (first = primary): profanity, refusal, hf-classifier:PATH, "
                    "llama-guard:PATH, llm-judge:PATH or llm-judge:url=URL,model=NAME,key_env=VAR."),
-    concepts: Optional[Path] = typer.Option(None, help="Concept set for the neuron baselines and as "
-                                                       "adversarial targets (its toxic responses)."),
+    concepts: Optional[Path] = typer.Option(None, help="Concept set (.jsonl, .json, .csv or .xlsx) for the neuron "
+                                                       "baselines and as adversarial targets (its toxic responses)."),
+    column_map: Optional[str] = typer.Option(None, help="Columns of the --concepts file for the fields, as "
+                                                        "field=column pairs (e.g. 'prompt=question,response=answer')."),
     bench_format: str = typer.Option("auto", help="auto (detected from the path) | bench (native JSONL) | mmsb "
                                                   "(MM-SafetyBench) | figstep (FigStep SafeBench, FigStep's own "
                                                   "prompt) | mmvet (MM-Vet) | beavertails-v."),
@@ -139,10 +141,20 @@ def _run_eval(**kw: Any) -> None:
         raise ValueError("nothing to evaluate: give --defense or keep --baseline")
     if any("sgm" in d.split("+") for d in defenses) and kw["glasses"] is None:
         raise ValueError("defence 'sgm' needs --glasses DIR")
-    if kw["glasses"] is not None and not (kw["glasses"] / "glasses_config.json").is_file():
-        raise FileNotFoundError(f"not a glasses folder: {kw['glasses']}")
-    if kw["concepts"] is not None and not kw["concepts"].is_file():
-        raise FileNotFoundError(f"concept file not found: {kw['concepts']}")
+    check_out_dir(kw["out"])
+    if kw["glasses"] is not None:
+        if not (kw["glasses"] / "glasses_config.json").is_file():
+            raise FileNotFoundError(f"not a glasses folder: {kw['glasses']}")
+        from ..glasses import Glasses
+
+        Glasses.from_pretrained(kw["glasses"])  # unreadable files or invalid alphas fail before the model loads
+    concept_set = None
+    if kw["concepts"] is not None:
+        if not kw["concepts"].is_file():
+            raise FileNotFoundError(f"concept file not found: {kw['concepts']}")
+        from ..concepts import ConceptSet
+
+        concept_set = ConceptSet.load(kw["concepts"], kw["column_map"])
     if kw["typo_style"] not in ("mmsb", "figstep"):
         raise ValueError(f"--typo-style must be mmsb or figstep, got {kw['typo_style']!r}")
     # the benchmark is read and validated before the model loads; a folder benchmark loads its own
@@ -171,7 +183,8 @@ def _run_eval(**kw: Any) -> None:
         model, processor = load_vlm(kw["model"], dtype=kw["dtype"], device_map=kw["device_map"])
     results = evaluate(
         model, processor, rows, kw["out"], defenses=defenses, judges=built, conditions=conds or None,
-        glasses_dir=kw["glasses"], concepts=kw["concepts"], run_config=run_config,
+        glasses_dir=kw["glasses"], concepts=kw["concepts"] if not kw["column_map"] else concept_set,
+        run_config=run_config,
         adversarial_image=kw["adv_image"], adversarial_targets=targets, adversarial_config=adv_config,
         typo_style=kw["typo_style"], judge_device=kw["judge_device"], n_boot=kw["n_boot"],
         extra_config={"model_path": kw["model"], "bench": str(kw["bench"]), "limit": kw["limit"],

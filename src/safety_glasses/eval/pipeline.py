@@ -31,10 +31,11 @@ from .schema import BenchError, BenchRow
 ADV_DIR = "adversarial"
 
 
-def _targets_from_concepts(path: str | Path) -> list[str]:
+def _targets_from_concepts(concepts: Any) -> list[str]:
     from ..concepts import ConceptSet
 
-    return [row.response for row in ConceptSet.load(path) if row.label == 1 and row.response.strip()]
+    rows = concepts if isinstance(concepts, ConceptSet) else ConceptSet.load(concepts)
+    return [row.response for row in rows if row.label == 1 and row.response.strip()]
 
 
 def resolve_adversarial_image(model: Any, processor: Any, out_dir: Path, *, image: str | Path | Image.Image | None,
@@ -77,7 +78,7 @@ def evaluate(
     judges: Sequence[str | Judge] = ("profanity",),
     conditions: Sequence[str] | None = None,
     glasses_dir: Any = None,
-    concepts: str | Path | None = None,
+    concepts: Any = None,
     run_config: RunConfig = RunConfig(),
     adversarial_image: str | Path | Image.Image | None = None,
     adversarial_targets: Sequence[str] | None = None,
@@ -110,7 +111,6 @@ def evaluate(
         >>> results = evaluate(model, proc, rows, "runs/x", defenses=["none", "sgm"], glasses_dir="g/")  # doctest: +SKIP
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     if not rows:
         raise BenchError("the benchmark has no rows")
     built: list[Judge] = [make_judge(j, device=judge_device) if isinstance(j, str) else j for j in judges]
@@ -127,6 +127,12 @@ def evaluate(
         notes.append(language_note)
         warnings.warn(language_note, UserWarning, stacklevel=2)
 
+    ctx = DefenseContext(model=model, processor=processor, glasses_dir=glasses_dir, concepts=concepts,
+                         cache_dir=out / "baselines", batch_size=run_config.batch_size, progress=progress,
+                         judge_device=judge_device)
+    if glasses_dir is not None:  # glasses that do not fit fail before any attack, baseline or sample
+        ctx.sgm_glasses().check_compatible(model)
+    out.mkdir(parents=True, exist_ok=True)
     adv_meta: dict[str, Any] | None = None
     selected = list(rows)
     if conditions:
@@ -140,9 +146,6 @@ def evaluate(
         if not selected:
             raise BenchError(f"no benchmark rows under the conditions {', '.join(conditions)}")
 
-    ctx = DefenseContext(model=model, processor=processor, glasses_dir=glasses_dir, concepts=concepts,
-                         cache_dir=out / "baselines", batch_size=run_config.batch_size, progress=progress,
-                         judge_device=judge_device)
     stacks = [d if isinstance(d, DefenseStack) else parse_defenses(d, ctx) for d in dict.fromkeys(defenses)]
 
     from ..models import model_identity

@@ -205,15 +205,23 @@ def render_markdown(results: dict[str, Any]) -> str:
     for d in defenses:
         hr = bd[d]["harmful_rate"]["by_category"]
         lines.append(f"| {d} | " + " | ".join(_rate_ci(hr.get(c)) for c in cats) + " |")
+    refusal_conds = sorted({c for d in defenses for c in bd[d]["over_refusal"].get("by_condition") or {}})
+    if refusal_conds:
+        lines += ["", "## Over-refusal by condition", "", "| defence | " + " | ".join(refusal_conds) + " |",
+                  "|---|" + "---|" * len(refusal_conds)]
+        for d in defenses:
+            by = bd[d]["over_refusal"].get("by_condition") or {}
+            lines.append(f"| {d} | " + " | ".join(_fmt(by.get(c)) for c in refusal_conds) + " |")
     lines += ["", "## Other metrics", "",
-              "| defence | toxicity | over-refusal (%) | VQA acc. (%) | perplexity | distinct-1 | distinct-2 | "
-              "fluency (LLM) | n |", "|---|---|---|---|---|---|---|---|---|"]
+              "| defence | toxicity | over-refusal, all conditions (%) | VQA acc. (%) | perplexity | distinct-1 | "
+              "distinct-2 | fluency (LLM) | empty replies (%) | n |", "|---|---|---|---|---|---|---|---|---|---|"]
     for d in defenses:
         m = bd[d]
         lines.append(
             f"| {d} | {_fmt(m['toxicity']['overall'], False)} | {_rate_ci(m['over_refusal'])} | "
             f"{_rate_ci(m['vqa_accuracy'])} | {_fmt(m['perplexity'], False)} | {_fmt(m['distinct_1'], False)} | "
-            f"{_fmt(m['distinct_2'], False)} | {_fmt(m['fluency_llm'], False)} | {m['n_samples']} |")
+            f"{_fmt(m['distinct_2'], False)} | {_fmt(m['fluency_llm'], False)} | {_fmt(m.get('empty_replies'))} | "
+            f"{m['n_samples']} |")
     agreements = [("all", a) for a in results.get("judge_agreement") or []]
     agreements += [(d, a) for d in defenses for a in bd[d]["judge_agreement"]]
     if agreements:

@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .._cli import cli_errors
+from .._cli import THREADS_HELP, check_out_dir, cli_errors, print_table, set_threads
 
 organism_app = typer.Typer(add_completion=False, no_args_is_help=True,
                            help="The SGM model organism: a small LLaVA trained to be toxic on purpose.")
@@ -114,7 +114,7 @@ def results_table(rows: list[dict[str, Any]]) -> Table:
 
     table = Table(title="SGM on the organism (held-out set, MM-TOXIC-QA)")
     for col in ("defense", "condition", "harmful rate", "95% CI", "n", "VQA acc.", "ref. ppl", "over-refusal"):
-        table.add_column(col, justify="left" if col in ("defense", "condition") else "right", no_wrap=True)
+        table.add_column(col, justify="left" if col in ("defense", "condition") else "right")
     for r in rows:
         ppl = "-" if r.get("perplexity") is None else f"{r['perplexity']:.3f}"
         ci = r.get("ci95")
@@ -140,7 +140,7 @@ def demo_command(
 
     result = run_demo(out, quick=quick, seed=seed, model_dir=model_dir, concepts=concepts, heldout=heldout,
                       threads=threads)
-    Console(width=max(Console().width, 120)).print(results_table(result["rows"]))  # readable even when piped
+    print_table(results_table(result["rows"]), _console)  # whole even when piped
     g = result["glasses"]
     _console.print(f"aura glasses dampen {g['aura_units']} of {g['total_units']} units; the random control "
                    f"scales {g['random_units']}. Took {result['seconds']:.0f} s.")
