@@ -118,9 +118,12 @@ def inspect(directory: Path = typer.Argument(..., help="A glasses folder."),
 
     set_threads(threads)
     glasses = Glasses.from_pretrained(directory)
+    target = png or directory / "auroc_by_layer.png"
+    if target.is_dir():
+        raise ValueError(f"--png {target} is a folder; give the PNG file to write")
     _print_summary(glasses, title=str(directory))
     if glasses.aurocs:
-        path = plot_auroc_by_layer(glasses, png or directory / "auroc_by_layer.png")
+        path = plot_auroc_by_layer(glasses, target)
         console.print(f"wrote {path}")
 
 
@@ -190,13 +193,14 @@ def export(model: str = typer.Option(..., help="Model folder or hub id."),
            threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
            ) -> None:
     """Export glasses as a merged checkpoint (plain transformers / vLLM) or a PEFT IA3 adapter."""
-    from .export import EXPORT_FORMATS, export_merged, export_peft_ia3
+    from .export import EXPORT_FORMATS, check_export_dir, export_merged, export_peft_ia3
     from .glasses import Glasses
 
     set_threads(threads)
     if format not in EXPORT_FORMATS:
         raise ValueError(f"--format must be one of {EXPORT_FORMATS}, got {format!r}")
     check_out_dir(out)
+    check_export_dir(out)
     g = Glasses.from_pretrained(glasses)
     m, proc = _load(model, dtype, None)
     g.check_compatible(m)

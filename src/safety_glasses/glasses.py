@@ -40,6 +40,34 @@ class GlassesMismatchError(ValueError):
     """The glasses were fitted on a model whose units differ from the one they are applied to."""
 
 
+class GlassesError(ValueError):
+    """Glasses that cannot be used: unreadable files, or alphas that are not finite and >= 0."""
+
+
+def check_alphas(alphas: dict[str, torch.Tensor], aurocs: dict[str, torch.Tensor] | None = None) -> None:
+    """Raise :class:`GlassesError` unless every alpha is finite and >= 0 and every AUROC finite in [0, 1].
+
+    NaN or infinite alphas make a model emit empty replies (which a judge then calls safe); negative
+    alphas flip units. Alphas above 1 are allowed (the amplifying ``clamp=False`` variant).
+
+    Example:
+        >>> check_alphas({"m": torch.tensor([0.5, float("nan")])})
+        Traceback (most recent call last):
+        ...
+        safety_glasses.glasses.GlassesError: alpha of m[1] is nan: alphas must be finite and >= 0
+    """
+    for name, a in alphas.items():
+        bad = ~torch.isfinite(a) | (a < 0)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            raise GlassesError(f"alpha of {name}[{i}] is {float(a.reshape(-1)[i]):g}: alphas must be finite and >= 0")
+    for name, v in (aurocs or {}).items():
+        bad = ~torch.isfinite(v) | (v < 0) | (v > 1)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            raise GlassesError(f"AUROC of {name}[{i}] is {float(v.reshape(-1)[i]):g}: AUROCs must be in [0, 1]")
+
+
 @dataclass
 class GlassesConfig:
     """Everything about how the glasses were made, saved as ``glasses_config.json``."""
@@ -100,6 +128,7 @@ class Glasses:
         self.config = config
         self.alphas = {n: alphas[n].detach().float().cpu().reshape(-1) for n in names}
         self.aurocs = {n: aurocs[n].detach().float().cpu().reshape(-1) for n in names} if aurocs else {}
+        check_alphas(self.alphas, self.aurocs)
 
     # ---------------------------------------------------------------- inspection
     @property
@@ -260,11 +289,22 @@ class Glasses:
         cfg_path, w_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
         if not cfg_path.is_file() or not w_path.is_file():
             raise FileNotFoundError(f"{directory} is not a glasses folder (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
-        cfg = GlassesConfig.from_dict(json.loads(cfg_path.read_text()))
-        tensors = load_file(str(w_path))
+        try:
+            cfg = GlassesConfig.from_dict(json.loads(cfg_path.read_text(encoding="utf-8")))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise GlassesError(f"{cfg_path} is not valid JSON ({type(err).__name__}): truncated or corrupt") from None
+        except (KeyError, TypeError, ValueError) as err:
+            raise GlassesError(f"{cfg_path} is not a glasses config ({type(err).__name__}: {err})") from None
+        try:
+            tensors = load_file(str(w_path))
+        except Exception as err:  # noqa: BLE001 - safetensors raises its own error type on corrupt files
+            raise GlassesError(f"{w_path} is unreadable, truncated or corrupt ({type(err).__name__})") from None
         alphas = {n[len("alpha."):]: t for n, t in tensors.items() if n.startswith("alpha.")}
         aurocs = {n[len("auroc."):]: t for n, t in tensors.items() if n.startswith("auroc.")}
-        return cls(cfg, alphas, aurocs or None)
+        try:
+            return cls(cfg, alphas, aurocs or None)
+        except ValueError as err:
+            raise GlassesError(f"glasses {directory}: {err}") from None
 
     def __repr__(self) -> str:
         return (f"Glasses(strategy={self.config.strategy!r}, sites={len(self.config.sites)}, "

@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .._cli import check_out_dir, cli_errors, print_table
+from .._cli import THREADS_HELP, check_out_dir, cli_errors, print_table, set_threads
 
 console = Console()
 
@@ -110,8 +110,7 @@ def eval_command(
     dtype: Optional[str] = typer.Option(None, help="float32 | bfloat16 | float16 | auto."),
     device_map: Optional[str] = typer.Option(None, help="e.g. auto (needs accelerate)."),
     judge_device: str = typer.Option("cpu", help="Device of model judges: cpu | cuda | auto."),
-    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice; 1 suits small "
-                                                      "models on a busy machine)."),
+    threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Evaluate a model on MM-TOXIC-QA: harmful rate (with CIs) per condition and category, over-refusal,
@@ -200,14 +199,20 @@ def _run_eval(**kw: Any) -> None:
 def compare_command(
     runs: list[Path] = typer.Argument(..., help="Run folders (or results.json files) to compare."),
     out: Path = typer.Option(Path("compare.png"), help="Where to write the comparison PNG."),
+    threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
 ) -> None:
     """Side-by-side table (and a PNG) of the harmful rate and side metrics of several runs."""
-    _run_compare(runs, out)
+    _run_compare(runs, out, threads)
 
 
 @cli_errors
-def _run_compare(runs: list[Path], out: Path) -> None:
+def _run_compare(runs: list[Path], out: Path, threads: int | None = None) -> None:
     from .report import compare_rows, plot_compare
+
+    set_threads(threads)
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give the PNG file to write")
+    check_out_dir(out.parent if str(out.parent) else Path("."), "--out's folder")
 
     rows = compare_rows(runs)
     if not rows:
