@@ -21,7 +21,9 @@ THREADS_HELP = ("torch CPU threads (default: torch's choice; 1 suits small model
 
 def _one_line_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None,
                       line: str | None = None) -> None:
-    text = " ".join(str(message).split())
+    from ._secrets import redact_secrets
+
+    text = redact_secrets(" ".join(str(message).split()))
     print(f"warning: {text}", file=sys.stderr, flush=True)
 
 
@@ -45,9 +47,11 @@ def cli_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             except typer.Exit:
                 raise
             except EXPECTED_ERRORS as e:
+                from ._secrets import redact_secrets
+
                 text = str(e).strip()
                 msg = text.splitlines()[0] if text else type(e).__name__
-                print(f"error: {msg}", file=sys.stderr, flush=True)
+                print(f"error: {redact_secrets(msg)}", file=sys.stderr, flush=True)  # a net under every message
                 raise typer.Exit(2) from None
 
     return wrapper

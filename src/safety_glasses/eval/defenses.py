@@ -35,6 +35,7 @@ from typing import Any
 
 from PIL import Image
 
+from .._secrets import redact_secrets
 from .judges import JudgeError, JudgeSample, make_judge, parse_spec
 
 ADASHIELD_PROMPT = (
@@ -376,11 +377,12 @@ def _neuron_baseline(token: str, options: dict[str, str], ctx: DefenseContext, s
     return GlassesDefense(glasses, name=token, positions=options.pop("positions", "all"), source=source)
 
 
-def _one(spec: str, ctx: DefenseContext) -> Defense:
+def _one(raw_spec: str, ctx: DefenseContext) -> Defense:
     try:
-        token, positional, options = parse_spec(spec)
+        token, positional, options = parse_spec(raw_spec)
     except JudgeError as err:
         raise DefenseError(str(err)) from None
+    spec = redact_secrets(raw_spec)  # error messages below echo the spec
     defense: Defense
     if token in ("sgm", "glasses"):
         if positional is not None:

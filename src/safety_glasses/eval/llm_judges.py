@@ -254,7 +254,8 @@ def _image_url(img: Image.Image) -> str:
 
 class LLMJudge:
     """An LLM as judge: a local chat model folder, or an OpenAI-compatible ``/chat/completions``
-    endpoint (API key read from the environment variable named by ``key_env``; never stored).
+    endpoint (API key read from the environment variable named by ``key_env``; never stored, never
+    printed; a key given in the spec (``key=``) or the url is refused without being echoed).
 
     Safety verdicts use :func:`template_for` (scenario-specific for MM-SafetyBench scenarios);
     ``score`` is 1.0 for unsafe, 0.0 for safe, 0.5 when the reply cannot be parsed (label
@@ -280,7 +281,10 @@ class LLMJudge:
         self.url, self.model_name, self.key_env = url, model, key_env
         if url is not None:
             if not re.match(r"^https?://", url):
-                raise JudgeError(f"llm-judge: url must start with http:// or https://, got {url!r}")
+                raise JudgeError("llm-judge: url must start with http:// or https:// (the value is not shown)")
+            if "@" in url.split("/")[2] or re.search(r"(?i)[?&](api_?key|key|token|access_token)=", url):
+                raise JudgeError("llm-judge: the url carries credentials (not used, not shown): put the API key in "
+                                 "an environment variable and name it with key_env=VAR")
             if not model:
                 raise JudgeError("llm-judge: an endpoint needs model=NAME")
             if key_env and not os.environ.get(key_env):
@@ -298,6 +302,8 @@ class LLMJudge:
     @classmethod
     def from_options(cls, positional: str | None, options: dict[str, str], *, device: str, spec: str) -> LLMJudge:
         """Build from a parsed spec (options are consumed)."""
+        if "url" in options and (positional is not None or "path" in options):
+            raise JudgeError("llm-judge: give either a local folder or url=, not both (the extra part is not shown)")
         try:
             return cls(
                 options.pop("path", positional) if "url" not in options else None,
@@ -310,7 +316,7 @@ class LLMJudge:
         except ValueError as err:
             if isinstance(err, JudgeError):
                 raise
-            raise JudgeError(f"judge {spec!r}: {err}") from None
+            raise JudgeError(f"judge 'llm-judge': bad option value ({type(err).__name__})") from None
 
     # -- completion backends -------------------------------------------------------------------------
     def complete(self, prompts: Sequence[str], images: Sequence[Sequence[Image.Image]] | None = None) -> list[str]:
