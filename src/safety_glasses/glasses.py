@@ -40,6 +40,34 @@ class GlassesMismatchError(ValueError):
     """The glasses were fitted on a model whose units differ from the one they are applied to."""
 
 
+class GlassesError(ValueError):
+    """Glasses that cannot be used: unreadable files, or alphas that are not finite and >= 0."""
+
+
+def check_alphas(alphas: dict[str, torch.Tensor], aurocs: dict[str, torch.Tensor] | None = None) -> None:
+    """Raise :class:`GlassesError` unless every alpha is finite and >= 0 and every AUROC finite in [0, 1].
+
+    NaN or infinite alphas make a model emit empty replies (which a judge then calls safe); negative
+    alphas flip units. Alphas above 1 are allowed (the amplifying ``clamp=False`` variant).
+
+    Example:
+        >>> check_alphas({"m": torch.tensor([0.5, float("nan")])})
+        Traceback (most recent call last):
+        ...
+        safety_glasses.glasses.GlassesError: alpha of m[1] is nan: alphas must be finite and >= 0
+    """
+    for name, a in alphas.items():
+        bad = ~torch.isfinite(a) | (a < 0)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            raise GlassesError(f"alpha of {name}[{i}] is {float(a.reshape(-1)[i]):g}: alphas must be finite and >= 0")
+    for name, v in (aurocs or {}).items():
+        bad = ~torch.isfinite(v) | (v < 0) | (v > 1)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            raise GlassesError(f"AUROC of {name}[{i}] is {float(v.reshape(-1)[i]):g}: AUROCs must be in [0, 1]")
+
+
 @dataclass
 class GlassesConfig:
     """Everything about how the glasses were made, saved as ``glasses_config.json``."""
@@ -51,6 +79,8 @@ class GlassesConfig:
     top_k: int | None = None
     damp_alpha: float = 0.5
     seed: int = 0
+    clamp: bool = True
+    selection: str = "top-k"
     pooling: str = "mean"
     positions: str = "all"
     layers: list[int] | None = None
@@ -98,6 +128,7 @@ class Glasses:
         self.config = config
         self.alphas = {n: alphas[n].detach().float().cpu().reshape(-1) for n in names}
         self.aurocs = {n: aurocs[n].detach().float().cpu().reshape(-1) for n in names} if aurocs else {}
+        check_alphas(self.alphas, self.aurocs)
 
     # ---------------------------------------------------------------- inspection
     @property
@@ -106,11 +137,11 @@ class Glasses:
 
     @property
     def n_experts(self) -> int:
-        """Number of units whose alpha is below 1."""
-        return int(sum(int((a < 1.0).sum()) for a in self.alphas.values()))
+        """Number of units the glasses change (alpha != 1: dampened, or amplified with ``clamp=False``)."""
+        return int(sum(int((a != 1.0).sum()) for a in self.alphas.values()))
 
     def summary(self) -> list[dict[str, Any]]:
-        """One row per site: layer, module, units, experts (alpha < 1), min and mean alpha, max AUROC.
+        """One row per site: layer, module, units, experts (alpha != 1), min and mean alpha, max AUROC.
 
         Example:
             >>> glasses.summary()[0]["experts"]
@@ -122,7 +153,7 @@ class Glasses:
             au = self.aurocs.get(s.module_name)
             rows.append({
                 "layer": s.layer, "module": s.module_name, "units": s.size,
-                "experts": int((a < 1.0).sum()), "min_alpha": float(a.min()), "mean_alpha": float(a.mean()),
+                "experts": int((a != 1.0).sum()), "min_alpha": float(a.min()), "mean_alpha": float(a.mean()),
                 "max_auroc": float(au.max()) if au is not None and au.numel() else None,
             })
         return rows
@@ -132,7 +163,8 @@ class Glasses:
         return {str(r["layer"]): r["experts"] for r in self.summary()}
 
     def derive(self, strategy: str, *, threshold: float | None = None, top_k: int | None = None,
-               damp_alpha: float | None = None, seed: int | None = None) -> "Glasses":
+               damp_alpha: float | None = None, seed: int | None = None, clamp: bool | None = None,
+               selection: str | None = None) -> "Glasses":
         """New glasses from the same AUROCs with another strategy (no new recording).
 
         Example:
@@ -147,11 +179,13 @@ class Glasses:
                                "strategy": strategy,
                                "threshold": c.threshold if threshold is None else threshold,
                                "top_k": top_k, "damp_alpha": c.damp_alpha if damp_alpha is None else damp_alpha,
-                               "seed": c.seed if seed is None else seed})
+                               "seed": c.seed if seed is None else seed,
+                               "clamp": c.clamp if clamp is None else clamp,
+                               "selection": c.selection if selection is None else selection})
         if strategy == "random" and top_k is None and c.strategy == "aura" and c.top_k is not None:
             cfg.top_k = c.top_k
         alphas = compute_alphas(self.aurocs, strategy, threshold=cfg.threshold, top_k=cfg.top_k,
-                                damp_alpha=cfg.damp_alpha, seed=cfg.seed)
+                                damp_alpha=cfg.damp_alpha, seed=cfg.seed, clamp=cfg.clamp, selection=cfg.selection)
         return Glasses(cfg, alphas, self.aurocs)
 
     # ---------------------------------------------------------------- checks
@@ -255,11 +289,22 @@ class Glasses:
         cfg_path, w_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
         if not cfg_path.is_file() or not w_path.is_file():
             raise FileNotFoundError(f"{directory} is not a glasses folder (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
-        cfg = GlassesConfig.from_dict(json.loads(cfg_path.read_text()))
-        tensors = load_file(str(w_path))
+        try:
+            cfg = GlassesConfig.from_dict(json.loads(cfg_path.read_text(encoding="utf-8")))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise GlassesError(f"{cfg_path} is not valid JSON ({type(err).__name__}): truncated or corrupt") from None
+        except (KeyError, TypeError, ValueError) as err:
+            raise GlassesError(f"{cfg_path} is not a glasses config ({type(err).__name__}: {err})") from None
+        try:
+            tensors = load_file(str(w_path))
+        except Exception as err:  # noqa: BLE001 - safetensors raises its own error type on corrupt files
+            raise GlassesError(f"{w_path} is unreadable, truncated or corrupt ({type(err).__name__})") from None
         alphas = {n[len("alpha."):]: t for n, t in tensors.items() if n.startswith("alpha.")}
         aurocs = {n[len("auroc."):]: t for n, t in tensors.items() if n.startswith("auroc.")}
-        return cls(cfg, alphas, aurocs or None)
+        try:
+            return cls(cfg, alphas, aurocs or None)
+        except ValueError as err:
+            raise GlassesError(f"glasses {directory}: {err}") from None
 
     def __repr__(self) -> str:
         return (f"Glasses(strategy={self.config.strategy!r}, sites={len(self.config.sites)}, "
@@ -279,11 +324,13 @@ def _site_width(module: nn.Module, where: str) -> int | None:
 
 def new_glasses(model: nn.Module, sites: Sequence[UnitSite], aurocs: dict[str, torch.Tensor], *,
                 strategy: str = "aura", threshold: float = 0.5, top_k: int | None = None,
-                damp_alpha: float = 0.5, seed: int = 0, **config: Any) -> Glasses:
+                damp_alpha: float = 0.5, seed: int = 0, clamp: bool = True, selection: str = "top-k",
+                **config: Any) -> Glasses:
     """Glasses for ``model`` from per-site AUROC vectors (the last step of :func:`fit_glasses`)."""
-    alphas = compute_alphas(aurocs, strategy, threshold=threshold, top_k=top_k, damp_alpha=damp_alpha, seed=seed)
+    alphas = compute_alphas(aurocs, strategy, threshold=threshold, top_k=top_k, damp_alpha=damp_alpha, seed=seed,
+                            clamp=clamp, selection=selection)
     cfg = GlassesConfig(strategy=strategy, sites=list(sites), unit_kind=sites[0].kind if sites else "act",
-                        threshold=threshold, top_k=top_k, damp_alpha=damp_alpha, seed=seed,
-                        base_model=model_identity(model), **config)
+                        threshold=threshold, top_k=top_k, damp_alpha=damp_alpha, seed=seed, clamp=clamp,
+                        selection=selection, base_model=model_identity(model), **config)
     return Glasses(cfg, alphas, aurocs)
 

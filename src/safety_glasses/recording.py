@@ -9,6 +9,14 @@ Pooling over tokens (``pooling``): ``mean`` (default), ``max``, ``last`` (the la
 token). Token mask (``positions``): ``all`` (default), ``text``, ``image``, ``response``,
 ``prompt``. Padding is always excluded. A row whose mask selects no token (e.g. ``image`` on
 a text-only row) records zeros and is counted in ``recording.json`` as ``empty_rows``.
+
+Sites that do not run on a row: some decoders skip a layer's MLP when there is no image
+(Llama-3.2-Vision's cross-attention layers, on text-only rows). Such rows are recorded as NaN for
+that site and counted per site in ``recording.json`` (``site_rows``: rows where each site ran);
+AUROC is then computed over the rows where the site ran (see :func:`safety_glasses.fitting.fit_glasses`).
+A batch that mixes rows with and without images runs as two forward passes, so what a row records
+never depends on the rows batched with it (Mllama masks a text-only row's cross-attention MLP
+out inside a batch with images). Real NaN activations are an error.
 """
 
 from __future__ import annotations
@@ -66,11 +74,21 @@ class Recording:
         return cls(directory, sites, np.asarray(meta["labels"], dtype=np.int8), meta)
 
     def matrix(self, module_name: str) -> np.ndarray:
-        """The ``[rows, units]`` float16 matrix of one site, memory-mapped read-only."""
+        """The ``[rows, units]`` float16 matrix of one site, memory-mapped read-only (NaN rows: the
+        site did not run on that row)."""
         for i, s in enumerate(self.sites):
             if s.module_name == module_name:
                 return np.load(self.directory / _site_file(i), mmap_mode="r")
         raise KeyError(module_name)
+
+    def ran(self, module_name: str) -> np.ndarray:
+        """``[rows]`` bool: the rows on which the site ran (its values are not NaN).
+
+        Example:
+            >>> rec.ran(rec.sites[0].module_name).all()  # doctest: +SKIP
+            True
+        """
+        return ~np.isnan(np.asarray(self.matrix(module_name)[:, 0], dtype=np.float32))
 
 
 def _site_file(i: int) -> str:
@@ -156,7 +174,7 @@ def _prepare(directory: Path, expected: dict[str, Any]) -> tuple[dict[str, Any],
                 f"{directory} holds a different recording (model, concepts, sites, pooling or positions "
                 "differ); use another folder or delete it")
     else:
-        meta = dict(expected, rows_done=0, empty_rows=0)
+        meta = dict(expected, rows_done=0, empty_rows=0, site_rows=[0] * len(sites))
         for i, s in enumerate(sites):
             mm = np.lib.format.open_memmap(directory / _site_file(i), mode="w+", dtype=np.float16,
                                            shape=(expected["n_rows"], s["size"]))
@@ -164,6 +182,13 @@ def _prepare(directory: Path, expected: dict[str, Any]) -> tuple[dict[str, Any],
         _write_meta(directory, meta)
     offsets = [int(np.load(directory / _site_file(i), mmap_mode="r").offset) for i in range(len(sites))]
     return meta, offsets
+
+
+def _image_groups(rows: Sequence[Any]) -> list[list[int]]:
+    """Indices of a batch split into rows with images and rows without (one group when not mixed)."""
+    with_images = [j for j, r in enumerate(rows) if r.images]
+    without = [j for j, r in enumerate(rows) if not r.images]
+    return [g for g in (with_images, without) if g]
 
 
 @torch.no_grad()
@@ -200,24 +225,39 @@ def record_activations(model: nn.Module, processor: Any, concepts: ConceptSet, s
         for s, h in zip(sites, hooks):
             handles.append(register_site_hook(modules[s.module_name], s.where, h.pre if s.where == "input" else h.post))
         bar = tqdm(total=n, initial=start, desc="recording", unit="row", disable=not progress)
+        site_rows = list(meta.get("site_rows") or [0] * len(sites))
         for lo in range(start, n, batch_size):
             rows = concepts.rows[lo:lo + batch_size]
-            batch = encode_rows(processor, [r.prompt for r in rows], [r.load_images() for r in rows],
-                                [r.response for r in rows], model_config=model.config)
-            mask = batch.masks[positions] & batch.attention_mask.bool()
-            state["mask"] = mask
-            model(**to_model_inputs(batch.inputs, model))
-            for i, (s, h) in enumerate(zip(sites, hooks)):
-                if h.value is None or h.value.shape != (len(rows), s.size):
-                    got = None if h.value is None else tuple(h.value.shape)
-                    raise RecordingError(f"site {s.module_name} gave {got}, expected {(len(rows), s.size)}")
-                vals = h.value.clamp(-_FP16_MAX, _FP16_MAX).to(torch.float16).numpy()
+            values = [np.full((len(rows), s.size), np.nan, dtype=np.float16) for s in sites]
+            empty = 0
+            for group in _image_groups(rows):
+                part = [rows[j] for j in group]
+                batch = encode_rows(processor, [r.prompt for r in part], [r.load_images() for r in part],
+                                    [r.response for r in part], model_config=model.config)
+                mask = batch.masks[positions] & batch.attention_mask.bool()
+                state["mask"] = mask
+                model(**to_model_inputs(batch.inputs, model))
+                empty += int((~mask.any(1)).sum())
+                for i, (s, h) in enumerate(zip(sites, hooks)):
+                    if h.value is None:  # the site did not run on these rows (e.g. no image)
+                        continue
+                    if h.value.shape != (len(part), s.size):
+                        raise RecordingError(f"site {s.module_name} gave {tuple(h.value.shape)}, "
+                                             f"expected {(len(part), s.size)}")
+                    if bool(torch.isnan(h.value).any()):
+                        bad = part[int(torch.isnan(h.value).any(1).nonzero()[0, 0])].id
+                        raise RecordingError(f"site {s.module_name} produced NaN activations on row {bad!r} "
+                                             "(check the model's weights and dtype)")
+                    values[i][group] = h.value.clamp(-_FP16_MAX, _FP16_MAX).to(torch.float16).numpy()
+                    site_rows[i] += len(part)
+                    h.value = None
+            for i, s in enumerate(sites):
                 files[i].seek(offsets[i] + lo * s.size * 2)
-                files[i].write(np.ascontiguousarray(vals).tobytes())
+                files[i].write(np.ascontiguousarray(values[i]).tobytes())
                 files[i].flush()
-                h.value = None
             meta["rows_done"] = lo + len(rows)
-            meta["empty_rows"] = int(meta.get("empty_rows", 0)) + int((~mask.any(1)).sum())
+            meta["empty_rows"] = int(meta.get("empty_rows", 0)) + empty
+            meta["site_rows"] = site_rows
             _write_meta(directory, meta)
             bar.update(len(rows))
         bar.close()
