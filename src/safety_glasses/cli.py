@@ -12,6 +12,7 @@ from rich.table import Table
 from ._cli import cli_errors
 from .eval.cli import compare_command, eval_command
 from .organism.cli import demo_command, organism_app
+from .real.cli import models_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="SGM safety glasses: find toxic expert neurons in a VLM's language tower and dampen them.")
@@ -27,7 +28,7 @@ def _load(model: str, dtype: Optional[str], device_map: Optional[str]):
 
 @app.command()
 @cli_errors
-def fit(model: str = typer.Option(..., help="Model folder or hub id."),
+def fit(model: str = typer.Option(..., help="Model folder, hub id or prepared real-model name (smollm2-135m, gemma3-270m)."),
         concepts: Path = typer.Option(..., help="Concept rows (.jsonl or .csv)."),
         out: Path = typer.Option(..., help="Folder to write the glasses to."),
         units: str = typer.Option("act", help="Unit kind: act | gate | up | down."),
@@ -98,7 +99,7 @@ def inspect(directory: Path = typer.Argument(..., help="A glasses folder."),
 
 @app.command()
 @cli_errors
-def generate(model: str = typer.Option(..., help="Model folder or hub id."),
+def generate(model: str = typer.Option(..., help="Model folder, hub id or prepared real-model name (smollm2-135m, gemma3-270m)."),
              prompt: str = typer.Option(..., help="The user's text."),
              image: list[Path] = typer.Option([], help="Image file(s); repeat for several."),
              glasses: Optional[Path] = typer.Option(None, help="Glasses folder to wear."),
@@ -143,7 +144,7 @@ def generate(model: str = typer.Option(..., help="Model folder or hub id."),
 
 @app.command()
 @cli_errors
-def export(model: str = typer.Option(..., help="Model folder or hub id."),
+def export(model: str = typer.Option(..., help="Model folder, hub id or prepared real-model name (smollm2-135m, gemma3-270m)."),
            glasses: Path = typer.Option(..., help="Glasses folder."),
            out: Path = typer.Option(..., help="Output folder."),
            format: str = typer.Option("merged", "--format", help="merged | peft-ia3."),
@@ -163,6 +164,7 @@ def export(model: str = typer.Option(..., help="Model folder or hub id."),
 
 
 app.add_typer(organism_app, name="organism")
+app.add_typer(models_app, name="models")
 app.command("demo")(demo_command)
 app.command("eval")(eval_command)
 app.command("compare")(compare_command)

@@ -49,7 +49,7 @@ def _print_results(results: dict[str, Any]) -> None:
 
 
 def eval_command(
-    model: str = typer.Option(..., help="Model folder (or hub id where the hub is reachable)."),
+    model: str = typer.Option(..., help="Model folder, prepared real-model name (smollm2-135m, gemma3-270m) or hub id where the hub is reachable."),
     bench: Path = typer.Option(..., help="Benchmark: native JSONL, an MM-SafetyBench folder, or a "
                                          "BeaverTails-V-style JSONL/Parquet export."),
     out: Path = typer.Option(..., help="Output folder (samples.jsonl, results.json, report.md, PNGs); "
