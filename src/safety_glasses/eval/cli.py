@@ -64,7 +64,7 @@ def eval_command(
         None, help="Conditions to keep or derive, comma-separated or repeated: standard, typographic, "
                    "sd_typo, adversarial_image, text_only (default: the rows as given)."),
     judge: Optional[list[str]] = typer.Option(
-        None, help="Judge spec, repeatable (first = primary): profanity, refusal, hf-classifier:PATH, "
+        None, help="Judge spec, repeatable (first = primary): profanity, toxicity[:label=toxic,threshold=0.5], refusal, hf-classifier:PATH, "
                    "llama-guard:PATH, llm-judge:PATH or llm-judge:url=URL,model=NAME,key_env=VAR."),
     concepts: Optional[Path] = typer.Option(None, help="Concept set for the neuron baselines and as "
                                                        "adversarial targets (its toxic responses)."),
