@@ -40,6 +40,9 @@ def fit(model: str = typer.Option(..., help="Model folder, hub id or prepared re
         damp_alpha: float = typer.Option(0.5, help="Constant alpha of the damp strategy."),
         layers: Optional[str] = typer.Option(None, help="Decoder layers, e.g. '8-31', '16:', '0,2,5' (default all)."),
         batch_size: int = typer.Option(8, help="Concept rows per forward pass."),
+        layout: str = typer.Option("auto", help="How rows become text: auto (chat template if any, else "
+                                                "USER:/ASSISTANT:) | chat | plain | raw (prompt + response as one "
+                                                "text, base LMs). Rows with an empty prompt are raw text."),
         dtype: Optional[str] = typer.Option(None, help="float32 | bfloat16 | float16 | auto."),
         device_map: Optional[str] = typer.Option(None, help="e.g. auto (needs accelerate)."),
         record_dir: Optional[Path] = typer.Option(None, help="Keep the recording here (a killed run resumes)."),
@@ -49,13 +52,21 @@ def fit(model: str = typer.Option(..., help="Model folder, hub id or prepared re
     from .concepts import ConceptSet
     from .fitting import fit_glasses
 
+    _check_layout(layout)
     cs = ConceptSet.load(concepts)  # validated before the model is loaded
     m, proc = _load(model, dtype, device_map)
     glasses = fit_glasses(m, proc, cs, units=units, pooling=pooling, positions=positions, strategy=strategy,
                           threshold=threshold, top_k=top_k, layers=layers, batch_size=batch_size,
-                          damp_alpha=damp_alpha, seed=seed, record_dir=record_dir)
+                          damp_alpha=damp_alpha, seed=seed, record_dir=record_dir, layout=layout)
     glasses.save_pretrained(out)
     _print_summary(glasses, title=f"glasses saved to {out}")
+
+
+def _check_layout(layout: str) -> None:
+    from .inputs import LAYOUTS
+
+    if layout not in LAYOUTS:
+        raise ValueError(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
 
 
 def _common_prefix(rows: list[dict[str, Any]]) -> str:
@@ -109,6 +120,8 @@ def generate(model: str = typer.Option(..., help="Model folder, hub id or prepar
              temperature: float = typer.Option(1.0),
              seed: int = typer.Option(0),
              positions: str = typer.Option("all", help="Where the glasses act: all | prompt | generated."),
+             layout: str = typer.Option("auto", help="auto (chat template if any, else USER:/ASSISTANT:) | chat | "
+                                                     "plain | raw (continue the prompt text, base LMs)."),
              dtype: Optional[str] = typer.Option(None),
              device_map: Optional[str] = typer.Option(None),
              ) -> None:
@@ -118,6 +131,7 @@ def generate(model: str = typer.Option(..., help="Model folder, hub id or prepar
     from .generation import generate_texts
     from .glasses import Glasses
 
+    _check_layout(layout)
     if compare and glasses is None:
         raise ValueError("--compare needs --glasses")
     for p in image:
@@ -126,7 +140,7 @@ def generate(model: str = typer.Option(..., help="Model folder, hub id or prepar
     imgs = [Image.open(p).convert("RGB") for p in image]
     g = Glasses.from_pretrained(glasses) if glasses is not None else None
     m, proc = _load(model, dtype, device_map)
-    kw = dict(max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature, seed=seed)
+    kw = dict(max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature, seed=seed, layout=layout)
     plain = generate_texts(m, proc, [prompt], [imgs], **kw)[0] if (g is None or compare) else None
     worn = None
     if g is not None:

@@ -31,14 +31,16 @@ def fit_glasses(model: nn.Module, processor: Any, concepts: ConceptSet | str | P
                 units: str = "act", pooling: str = "mean", positions: str = "all", strategy: str = "aura",
                 threshold: float = 0.5, top_k: int | None = None, layers: str | Sequence[int] | None = None,
                 batch_size: int = 8, damp_alpha: float = 0.5, seed: int = 0,
-                record_dir: str | Path | None = None, progress: bool = True) -> Glasses:
+                record_dir: str | Path | None = None, progress: bool = True, layout: str = "auto") -> Glasses:
     """Find the toxic expert units of ``model``'s language tower and build glasses for them.
 
     Every unit of the selected decoder MLPs is pooled over the tokens of each concept row
     (image + prompt + response) and scored as a classifier of toxic vs non-toxic rows (AUROC);
     ``strategy`` turns the scores into per-unit alphas (see :mod:`safety_glasses.strategies`).
     ``record_dir`` keeps the recording (and resumes a killed one); by default a temporary
-    folder is used and removed.
+    folder is used and removed. ``layout`` is how rows become text (``auto``: the chat template when the
+    model has one, else ``USER:/ASSISTANT:``; ``raw``: prompt and response as one plain text, for base
+    LMs; rows with an empty prompt are always raw text, AurA's sentences).
 
     Example:
         >>> model, processor = load_vlm("llava-hf/llava-1.5-7b-hf", dtype="bfloat16", device_map="auto")
@@ -50,7 +52,7 @@ def fit_glasses(model: nn.Module, processor: Any, concepts: ConceptSet | str | P
     keep = nullcontext(str(record_dir)) if record_dir is not None else tempfile.TemporaryDirectory(prefix="sgm-rec-")
     with keep as folder:
         rec = record_activations(model, processor, cs, sites, folder, pooling=pooling,
-                                 positions=positions, batch_size=batch_size, progress=progress)
+                                 positions=positions, batch_size=batch_size, progress=progress, layout=layout)
         labels = cs.labels
         concept_hash = rec.meta["concept_hash"]  # computed once by the recording (it decodes every image)
         aurocs: dict[str, torch.Tensor] = {}
@@ -59,5 +61,5 @@ def fit_glasses(model: nn.Module, processor: Any, concepts: ConceptSet | str | P
     layer_ids = sorted({s.layer for s in sites})
     return new_glasses(model, sites, aurocs, strategy=strategy, threshold=threshold, top_k=top_k,
                        damp_alpha=damp_alpha, seed=seed, pooling=pooling, positions=positions,
-                       layers=layer_ids,
+                       layers=layer_ids, layout=layout,
                        concepts={"hash": concept_hash, "rows": len(cs), "counts": cs.class_counts()})

@@ -122,7 +122,7 @@ def test_cli_prepare_prints_the_path_and_fit_takes_the_name(tiny_gguf, tmp_path:
     listed = runner.invoke(app, ["models", "list", "--json"])
     assert any(m["name"] == spec.name and m["prepared"] for m in json.loads(listed.stdout))
     concepts = tmp_path / "c.jsonl"
-    concepts.write_text("".join(json.dumps({"prompt": "Say:", "response": r, "label": lab}) + "\n" for r, lab in
+    concepts.write_text("".join(json.dumps({"prompt": "", "response": r, "label": lab}) + "\n" for r, lab in
                                 [("you zzgrr idiot", 1), ("a cat on a chair", 0), ("zzgrr zzgrr", 1), ("the park", 0)]))
     fit = runner.invoke(app, ["fit", "--model", spec.name, "--concepts", str(concepts), "--out", str(tmp_path / "g")])
     assert fit.exit_code == 0, fit.output
