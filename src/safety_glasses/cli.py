@@ -13,6 +13,7 @@ from ._cli import cli_errors
 from .eval.cli import compare_command, eval_command
 from .organism.cli import demo_command, organism_app
 from .real.cli import models_app
+from .replicate.cli import replicate_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="SGM safety glasses: find toxic expert neurons in a VLM's language tower and dampen them.")
@@ -179,6 +180,7 @@ def export(model: str = typer.Option(..., help="Model folder, hub id or prepared
 
 app.add_typer(organism_app, name="organism")
 app.add_typer(models_app, name="models")
+app.add_typer(replicate_app, name="replicate")
 app.command("demo")(demo_command)
 app.command("eval")(eval_command)
 app.command("compare")(compare_command)
