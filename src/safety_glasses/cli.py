@@ -11,6 +11,7 @@ from rich.table import Table
 
 from ._cli import cli_errors
 from .eval.cli import compare_command, eval_command
+from .eval.concepts_cli import concepts_app
 from .organism.cli import demo_command, organism_app
 from .real.cli import models_app
 from .replicate.cli import replicate_app
@@ -181,6 +182,7 @@ def export(model: str = typer.Option(..., help="Model folder, hub id or prepared
 app.add_typer(organism_app, name="organism")
 app.add_typer(models_app, name="models")
 app.add_typer(replicate_app, name="replicate")
+app.add_typer(concepts_app, name="concepts")
 app.command("demo")(demo_command)
 app.command("eval")(eval_command)
 app.command("compare")(compare_command)
