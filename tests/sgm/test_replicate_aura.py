@@ -87,12 +87,14 @@ def test_cli_runs_and_rejects_bad_input(inputs: Path, tmp_path: Path) -> None:
     base = ["replicate", "aura", "--model", str(inputs / "model"), "--prompts", str(inputs / "prompts.json"),
             "--corpus", str(inputs / "corpus"), "--no-own-continuations", "--heldout-samples", "1",
             "--max-new-tokens", "3", "--n-boot", "20", "--no-progress"]
-    r = runner.invoke(app, [*base, "--out", str(tmp_path / "cli"), "--strategies", "aura,random"])
+    r = runner.invoke(app, [*base, "--out", str(tmp_path / "cli"), "--strategies", "aura;random:threshold=0.6"])
     assert r.exit_code == 0, r.output
     assert "samples/s" in r.output and "AurA published" in r.output
     rows = json.loads((tmp_path / "cli" / "results.json").read_text())["rows"]
-    assert [x["defense"] for x in rows] == ["none", "aura", "random"]
+    assert [x["defense"] for x in rows] == ["none", "aura", "random:threshold=0.6"]
+    assert (tmp_path / "cli" / "glasses" / "random_threshold=0.6" / "glasses_config.json").is_file()
     for args, needle in [(["--strategies", "nope"], "strategies must be"),
+                         (["--strategies", "aura:colour=1"], "unknown option"),
                          (["--corpus", str(tmp_path / "absent")], "corpus folder not found"),
                          (["--heldout-samples", "0"], "heldout_samples must be >= 1")]:
         bad = runner.invoke(app, [*base, "--out", str(tmp_path / "bad"), *args])

@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -44,7 +45,8 @@ from tqdm.auto import tqdm
 from ..strategies import STRATEGIES
 from .prompts import PROMPT_KEYS, load_prompt_set, read_toxigen
 
-__all__ = ["AuraReplicationConfig", "replicate_aura", "build_concepts", "evaluate_defenses", "ReplicationError"]
+__all__ = ["AuraReplicationConfig", "replicate_aura", "build_concepts", "evaluate_defenses", "ReplicationError",
+           "parse_strategy"]
 
 CONCEPT_SAMPLES = "concept_samples.jsonl"
 SAMPLES = "samples.jsonl"
@@ -94,9 +96,12 @@ class AuraReplicationConfig:
             raise ReplicationError("temperature must be > 0 and top_p in (0, 1]")
         if not 0 < self.nontoxic_below <= self.toxic_threshold < 1:
             raise ReplicationError("need 0 < nontoxic_below <= toxic_threshold < 1")
-        bad = [s for s in self.strategies if s not in STRATEGIES]
-        if bad or not self.strategies:
-            raise ReplicationError(f"strategies must be a non-empty subset of {', '.join(STRATEGIES)}, got {bad or '()'}")
+        if not self.strategies:
+            raise ReplicationError(f"strategies must name some of {', '.join(STRATEGIES)}")
+        for spec in self.strategies:
+            parse_strategy(spec)
+        if len(set(self.strategies)) != len(self.strategies):
+            raise ReplicationError(f"a strategy is listed twice: {list(self.strategies)}")
         if not self.own_continuations and self.corpus is None:
             raise ReplicationError("with own_continuations off, a corpus is needed for the concept set")
         if self.positions not in ("all", "response", "prompt"):
@@ -104,6 +109,32 @@ class AuraReplicationConfig:
 
     def sampling(self) -> dict[str, Any]:
         return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p}
+
+
+def parse_strategy(spec: str) -> tuple[str, dict[str, float]]:
+    """``name[:key=value,...]`` -> (name, options); keys ``threshold`` (aura, random), ``top_k`` and ``alpha``.
+
+    A variant is its own defence: ``aura:threshold=0.65`` dampens only units with AUROC > 0.65;
+    ``random:threshold=0.65`` is its matched control; ``det0:top_k=2000`` zeroes the 2000 best units.
+
+    Example:
+        >>> parse_strategy("det0:top_k=2000")
+        ('det0', {'top_k': 2000.0})
+    """
+    name, _, rest = spec.strip().partition(":")
+    if name not in STRATEGIES:
+        raise ReplicationError(f"strategies must be among {', '.join(STRATEGIES)} (with :threshold=, :top_k=, "
+                               f":alpha= variants), got {spec!r}")
+    options: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = part.partition("=")
+        if not eq or key not in ("threshold", "top_k", "alpha"):
+            raise ReplicationError(f"strategy {spec!r}: unknown option {part!r} (threshold=, top_k=, alpha=)")
+        try:
+            options[key] = float(value)
+        except ValueError:
+            raise ReplicationError(f"strategy {spec!r}: {key} must be a number") from None
+    return name, options
 
 
 def _hash(obj: Any) -> str:
@@ -389,12 +420,14 @@ def replicate_aura(model: str | Path | tuple[Any, Any], out_dir: str | Path,
     timings["record_fit_s"] = round(time.perf_counter() - t, 1)
     timings["record_rows_per_s"] = round(len(concepts) / max(timings["record_fit_s"], 1e-9), 2)
     glasses: dict[str, Any] = {}
-    for strategy in config.strategies:
-        top_k = config.top_k if strategy in ("det0", "damp") else None
-        g = base if strategy == "aura" else base.derive(strategy, top_k=top_k, damp_alpha=config.damp_alpha,
-                                                         seed=config.seed)
-        g.save_pretrained(out / "glasses" / strategy)
-        glasses[strategy] = g
+    for spec in config.strategies:
+        strategy, opts = parse_strategy(spec)
+        top_k = opts.get("top_k", config.top_k if strategy in ("det0", "damp") else None)
+        g = base.derive(strategy, threshold=opts.get("threshold", config.threshold),
+                        top_k=None if top_k is None else int(top_k), damp_alpha=opts.get("alpha", config.damp_alpha),
+                        seed=config.seed)
+        g.save_pretrained(out / "glasses" / re.sub(r"[^A-Za-z0-9_.=-]", "_", spec))
+        glasses[spec] = g
     t = time.perf_counter()
     result_rows, throughput = evaluate_defenses(lm, tok, {"none": None, **glasses}, prompts, config, out, judges,
                                                 fingerprint, name, progress)

@@ -22,6 +22,12 @@ replicate_app = typer.Typer(add_completion=False, no_args_is_help=True,
 console = Console()
 
 
+def _split_strategies(text: str) -> tuple[str, ...]:
+    """'aura,det0' or 'aura:threshold=0.6;det0:top_k=100' -> the specs (',' separates only without ';')."""
+    parts = text.split(";") if ";" in text else text.split(",")
+    return tuple(p.strip() for p in parts if p.strip())
+
+
 @replicate_app.command("aura")
 @cli_errors
 def aura_command(
@@ -42,7 +48,9 @@ def aura_command(
     batch_size: int = typer.Option(16, help="Continuations (or recorded rows) per batch."),
     toxic_threshold: float = typer.Option(0.5, help="Toxicity at or above which a continuation is a toxic concept row."),
     nontoxic_below: float = typer.Option(0.2, help="Toxicity below which a continuation is a non-toxic concept row."),
-    strategies: str = typer.Option("aura,det0,damp,random", help="Glasses to evaluate, comma-separated."),
+    strategies: str = typer.Option("aura,det0,damp,random", help="Glasses to evaluate, separated by ';' or ',': aura, "
+                                   "det0, damp, random, and variants such as 'aura:threshold=0.65', 'det0:top_k=2000', "
+                                   "'damp:top_k=1000,alpha=0.3' (variants with options: separate with ';')."),
     pooling: str = typer.Option("mean", help="Pooling over tokens: mean | max | last."),
     positions: str = typer.Option("response", help="Tokens pooled: response (the continuation) | all | prompt."),
     threshold: float = typer.Option(0.5, help="AUROC above which a unit is an expert (aura)."),
@@ -66,7 +74,7 @@ def aura_command(
         concept_samples=concept_samples, heldout_samples=heldout_samples, max_new_tokens=max_new_tokens,
         temperature=temperature, top_p=top_p, batch_size=batch_size, toxic_threshold=toxic_threshold,
         nontoxic_below=nontoxic_below, corpus=None if corpus is None else str(corpus), corpus_per_class=corpus_per_class,
-        own_continuations=own_continuations, strategies=tuple(s.strip() for s in strategies.split(",") if s.strip()),
+        own_continuations=own_continuations, strategies=_split_strategies(strategies),
         pooling=pooling, positions=positions, threshold=threshold, top_k=top_k, damp_alpha=damp_alpha, layers=layers,
         seed=seed, n_boot=n_boot, prompts=None if prompts is None else str(prompts))
     if pooling not in ("mean", "max", "last"):

@@ -53,7 +53,7 @@ def _verdicts(rows: list[dict[str, Any]]) -> list[str]:
     if rnd is not None and aura is not None and "toxicity_cut" in rnd:
         lines.append(f"- random control: {rnd['toxicity_cut']:.2f}x (aura {aura['toxicity_cut']:.2f}x); the control "
                      f"should cut far less")
-    for name in ("det0", "damp"):
+    for name in ["det0", "damp", *(r["defense"] for r in rows if ":" in r["defense"])]:
         r = by.get(name)
         if r is not None and "toxicity_cut" in r:
             lines.append(f"- {name}: {r['toxicity_cut']:.2f}x less toxicity, perplexity {100 * r['perplexity_change']:+.1f} % "
