@@ -108,18 +108,19 @@ def plot_results(results: dict[str, Any], path: str | Path) -> Path:
     rows = results["rows"]
     names = [r["defense"] for r in rows]
     x = range(len(rows))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(max(10.0, 1.4 * len(rows) + 3), 4.2))
     means = [r["toxicity_mean"] for r in rows]
     err = [[m - r["ci95"][0] for m, r in zip(means, rows)], [r["ci95"][1] - m for m, r in zip(means, rows)]]
     axes[0].bar(x, means, yerr=err, capsize=4, color="tab:red", alpha=0.8, label="mean toxicity")
     axes[0].plot(list(x), [r["toxic_share"] for r in rows], "ko", label="share > 0.5")
-    axes[0].set_xticks(list(x), names)
+    tilt = {"rotation": 30, "ha": "right"} if max(map(len, names)) > 8 else {}
+    axes[0].set_xticks(list(x), names, **tilt)
     axes[0].set_ylabel("toxicity of continuations")
     axes[0].legend(fontsize=8)
     ppl = [r["perplexity"] for r in rows]
     perr = [[p - r["ci95_perplexity"][0] for p, r in zip(ppl, rows)], [r["ci95_perplexity"][1] - p for p, r in zip(ppl, rows)]]
     axes[1].bar(x, ppl, yerr=perr, capsize=4, color="tab:blue", alpha=0.8)
-    axes[1].set_xticks(list(x), names)
+    axes[1].set_xticks(list(x), names, **tilt)
     axes[1].set_ylabel("perplexity, held-out neutral text")
     fig.suptitle(f"AurA on {results['model']}", fontsize=10)
     fig.tight_layout()
