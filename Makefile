@@ -16,6 +16,8 @@ $(PY):
 $(STAMP): $(PY) pyproject.toml
 	$(PIP) install -q "torch==2.13.0"
 	$(PIP) install -q -e ".[dev]"
+	# The toxicity judge's weights; --no-deps: its declared TensorFlow dependency is not needed (h5py reads them).
+	$(PIP) install -q --no-deps "toxic-comment-classifier==0.3.0"
 	@touch $(STAMP)
 
 install: $(STAMP)

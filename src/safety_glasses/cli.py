@@ -12,7 +12,10 @@ from rich.table import Table
 
 from ._cli import THREADS_HELP, check_out_dir, cli_errors, print_table, set_threads
 from .eval.cli import compare_command, eval_command
+from .eval.concepts_cli import concepts_app
 from .organism.cli import demo_command, organism_app
+from .real.cli import models_app
+from .replicate.cli import replicate_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="SGM safety glasses: find toxic expert neurons in a VLM's language tower and dampen them.")
@@ -28,7 +31,7 @@ def _load(model: str, dtype: Optional[str], device_map: Optional[str]):
 
 @app.command()
 @cli_errors
-def fit(model: str = typer.Option(..., help="Model folder or hub id."),
+def fit(model: str = typer.Option(..., help="Model folder, hub id or prepared real-model name (smollm2-135m, gemma3-270m)."),
         concepts: Path = typer.Option(..., help="Concept rows: .jsonl, .json, .csv or .xlsx (columns id, image, "
                                                 "prompt, response, label, category; the SGM authors' "
                                                 "name, prompt, output, label spreadsheets are read as they are)."),
@@ -54,6 +57,9 @@ def fit(model: str = typer.Option(..., help="Model folder or hub id."),
                        "'prompt=question,response=answer,label=is_toxic,image=file'."),
         layers: Optional[str] = typer.Option(None, help="Decoder layers, e.g. '8-31', '16:', '0,2,5' (default all)."),
         batch_size: int = typer.Option(8, help="Concept rows per forward pass."),
+        layout: str = typer.Option("auto", help="How rows become text: auto (chat template if any, else "
+                                                "USER:/ASSISTANT:) | chat | plain | raw (prompt + response as one "
+                                                "text, base LMs). Rows with an empty prompt are raw text."),
         dtype: Optional[str] = typer.Option(None, help="float32 | bfloat16 | float16 | auto."),
         device_map: Optional[str] = typer.Option(None, help="e.g. auto (needs accelerate)."),
         record_dir: Optional[Path] = typer.Option(None, help="Keep the recording here (a killed run resumes)."),
@@ -66,6 +72,7 @@ def fit(model: str = typer.Option(..., help="Model folder or hub id."),
     from .strategies import check_strategy
 
     set_threads(threads)
+    _check_layout(layout)
     check_out_dir(out)
     if record_dir is not None:
         check_out_dir(record_dir, "--record-dir")
@@ -78,9 +85,17 @@ def fit(model: str = typer.Option(..., help="Model folder or hub id."),
     m, proc = _load(model, dtype, device_map)
     glasses = fit_glasses(m, proc, cs, units=units, pooling=pooling, positions=positions, strategy=strategy,
                           threshold=thr, top_k=top_k, layers=layers, batch_size=batch_size,
-                          damp_alpha=damp_alpha, seed=seed, clamp=clamp, selection=selection, record_dir=record_dir)
+                          damp_alpha=damp_alpha, seed=seed, clamp=clamp, selection=selection, record_dir=record_dir,
+                          layout=layout)
     glasses.save_pretrained(out)
     _print_summary(glasses, title=f"glasses saved to {out}")
+
+
+def _check_layout(layout: str) -> None:
+    from .inputs import LAYOUTS
+
+    if layout not in LAYOUTS:
+        raise ValueError(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
 
 
 def _common_prefix(rows: list[dict[str, Any]]) -> str:
@@ -129,7 +144,7 @@ def inspect(directory: Path = typer.Argument(..., help="A glasses folder."),
 
 @app.command()
 @cli_errors
-def generate(model: str = typer.Option(..., help="Model folder or hub id."),
+def generate(model: str = typer.Option(..., help="Model folder, hub id or prepared real-model name (smollm2-135m, gemma3-270m)."),
              prompt: str = typer.Option(..., help="The user's text."),
              image: list[Path] = typer.Option([], help="Image file(s); repeat for several."),
              glasses: Optional[Path] = typer.Option(None, help="Glasses folder to wear."),
@@ -139,6 +154,8 @@ def generate(model: str = typer.Option(..., help="Model folder or hub id."),
              temperature: float = typer.Option(1.0, help="Sampling temperature (with --sample)."),
              seed: int = typer.Option(0, help="Sampling seed (with --sample)."),
              positions: str = typer.Option("all", help="Where the glasses act: all | prompt | generated."),
+             layout: str = typer.Option("auto", help="auto (chat template if any, else USER:/ASSISTANT:) | chat | "
+                                                     "plain | raw (continue the prompt text, base LMs)."),
              dtype: Optional[str] = typer.Option(None, help="float32 | bfloat16 | float16 | auto."),
              device_map: Optional[str] = typer.Option(None, help="e.g. auto (needs accelerate)."),
              threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
@@ -149,6 +166,7 @@ def generate(model: str = typer.Option(..., help="Model folder or hub id."),
     from .glasses import Glasses
 
     set_threads(threads)
+    _check_layout(layout)
     if compare and glasses is None:
         raise ValueError("--compare needs --glasses")
     if max_new_tokens < 1:
@@ -167,7 +185,7 @@ def generate(model: str = typer.Option(..., help="Model folder or hub id."),
     m, proc = _load(model, dtype, device_map)
     if g is not None:
         g.check_compatible(m)
-    kw = dict(max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature, seed=seed)
+    kw = dict(max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature, seed=seed, layout=layout)
     plain = generate_texts(m, proc, [prompt], [imgs], **kw)[0] if (g is None or compare) else None
     worn = None
     if g is not None:
@@ -185,7 +203,7 @@ def generate(model: str = typer.Option(..., help="Model folder or hub id."),
 
 @app.command()
 @cli_errors
-def export(model: str = typer.Option(..., help="Model folder or hub id."),
+def export(model: str = typer.Option(..., help="Model folder, hub id or prepared real-model name (smollm2-135m, gemma3-270m)."),
            glasses: Path = typer.Option(..., help="Glasses folder."),
            out: Path = typer.Option(..., help="Output folder."),
            format: str = typer.Option("merged", "--format", help="merged | peft-ia3."),
@@ -209,6 +227,9 @@ def export(model: str = typer.Option(..., help="Model folder or hub id."),
 
 
 app.add_typer(organism_app, name="organism")
+app.add_typer(models_app, name="models")
+app.add_typer(replicate_app, name="replicate")
+app.add_typer(concepts_app, name="concepts")
 app.command("demo")(demo_command)
 app.command("eval")(eval_command)
 app.command("compare")(compare_command)

@@ -10,7 +10,8 @@ Validation rules (each failure is a :class:`ConceptError` naming the row and the
 * every image path exists (paths are relative to the concept file's folder);
 * the label is one of ``toxic``, ``non-toxic``/``nontoxic``/``non_toxic``, ``1``, ``0``, ``1.0``,
   ``0.0``, ``True``, ``False`` (strings case-insensitive);
-* the prompt and the response are non-empty strings (the response is the recorded assistant turn);
+* the response is a non-empty string (the recorded assistant turn); the prompt is a string, empty or
+  missing for a raw-text row (no image: the response is the whole text, recorded as AurA does);
 * ids are unique (a missing id becomes ``row-<index>``);
 * both classes are present;
 * every JSONL line parses as a JSON object.
@@ -132,10 +133,10 @@ class ConceptRow:
                     f"{where}: image {image!r} is neither a PIL image nor a file path"
                 )
         object.__setattr__(self, "images", tuple(normalised))
-        for name in ("prompt", "response"):
-            text = getattr(self, name)
-            if not isinstance(text, str) or not text.strip():
-                raise ConceptError(f"{where}: the {name} is empty (it must be non-empty text)")
+        if not isinstance(self.prompt, str):
+            raise ConceptError(f"{where}: the prompt must be text (empty for a raw-text row), got {self.prompt!r}")
+        if not isinstance(self.response, str) or not self.response.strip():
+            raise ConceptError(f"{where}: the response is empty (it must be non-empty text)")
         if isinstance(self.label, bool) or self.label not in (0, 1):
             raise ConceptError(f"{where}: label {self.label!r} is not 0 or 1")
         object.__setattr__(self, "label", int(self.label))
@@ -359,8 +360,8 @@ class ConceptSet:
     @classmethod
     def from_csv(cls, path: str | os.PathLike[str], column_map: str | Mapping[str, str] | None = None
                  ) -> ConceptSet:
-        """Load a CSV with a header (``id,image,prompt,response,label,category``; ``id``, ``image``
-        and ``category`` optional), parsed as CSV: quoted cells keep their commas, quotes and
+        """Load a CSV with a header (``id,image,prompt,response,label,category``; ``id``, ``image``,
+        ``prompt`` (raw-text rows) and ``category`` optional), parsed as CSV: quoted cells keep their commas, quotes and
         newlines, and errors name a record's first line. An image cell holds one path, paths joined
         by ``|``, or a JSON list of paths; an empty cell means a text-only row. ``column_map`` maps
         fields to other header names; the SGM authors' ``name,prompt,output,label`` header is read
@@ -612,7 +613,12 @@ def _parse_row(raw: Any, index: int, where: str, base_dir: Path | None) -> Conce
         images = _coerce_images(image_value, base_dir)
     except ValueError as exc:
         raise ConceptError(f"{prefix}: {exc}") from None
-    for name in ("prompt", "response"):
+    prompt = raw.get("prompt")
+    if prompt is None:
+        prompt = ""  # a raw-text row: the response is the whole text
+    if not isinstance(prompt, str):
+        raise ConceptError(f"{prefix}: the prompt is not text ({prompt!r})")
+    for name in ("response",):
         value = raw.get(name)
         if not isinstance(value, str) or not value.strip():
             if value is None:
@@ -624,6 +630,6 @@ def _parse_row(raw: Any, index: int, where: str, base_dir: Path | None) -> Conce
     if category is not None and not isinstance(category, str):
         category = str(category)
     try:
-        return ConceptRow(rid, images, raw["prompt"], raw["response"], label, category or None)
+        return ConceptRow(rid, images, prompt, raw["response"], label, category or None)
     except ConceptError as exc:
         raise ConceptError(f"{where}, {exc}") from None

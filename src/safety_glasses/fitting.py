@@ -34,7 +34,8 @@ def fit_glasses(model: nn.Module, processor: Any, concepts: ConceptSet | str | P
                 units: str = "act", pooling: str = "mean", positions: str = "all", strategy: str = "aura",
                 threshold: float = 0.5, top_k: int | None = None, layers: str | Sequence[int] | None = None,
                 batch_size: int = 8, damp_alpha: float = 0.5, seed: int = 0, clamp: bool = True,
-                selection: str = "top-k", record_dir: str | Path | None = None, progress: bool = True) -> Glasses:
+                selection: str = "top-k", record_dir: str | Path | None = None, progress: bool = True,
+                layout: str = "auto") -> Glasses:
     """Find the toxic expert units of ``model``'s language tower and build glasses for them.
 
     Every unit of the selected decoder MLPs is pooled over the tokens of each concept row
@@ -43,7 +44,9 @@ def fit_glasses(model: nn.Module, processor: Any, concepts: ConceptSet | str | P
     ``clamp=False`` is the SGM authors' amplifying aura variant, ``selection="ml-aura"`` apple/ml-aura's
     det0/damp unit selection).
     ``record_dir`` keeps the recording (and resumes a killed one); by default a temporary
-    folder is used and removed.
+    folder is used and removed. ``layout`` is how rows become text (``auto``: the chat template when the
+    model has one, else ``USER:/ASSISTANT:``; ``raw``: prompt and response as one plain text, for base
+    LMs; rows with an empty prompt are always raw text, AurA's sentences).
 
     Example:
         >>> model, processor = load_vlm("llava-hf/llava-1.5-7b-hf", dtype="bfloat16", device_map="auto")
@@ -57,7 +60,7 @@ def fit_glasses(model: nn.Module, processor: Any, concepts: ConceptSet | str | P
     keep = nullcontext(str(record_dir)) if record_dir is not None else tempfile.TemporaryDirectory(prefix="sgm-rec-")
     with keep as folder:
         rec = record_activations(model, processor, cs, sites, folder, pooling=pooling,
-                                 positions=positions, batch_size=batch_size, progress=progress)
+                                 positions=positions, batch_size=batch_size, progress=progress, layout=layout)
         labels = cs.labels
         concept_hash = rec.meta["concept_hash"]  # computed once by the recording (it decodes every image)
         aurocs, scored, skipped = score_sites(rec, sites, labels, progress=progress)
@@ -70,7 +73,7 @@ def fit_glasses(model: nn.Module, processor: Any, concepts: ConceptSet | str | P
         concept_info["skipped_sites"] = skipped
     return new_glasses(model, kept, aurocs, strategy=strategy, threshold=threshold, top_k=top_k,
                        damp_alpha=damp_alpha, seed=seed, clamp=clamp, selection=selection, pooling=pooling,
-                       positions=positions, layers=layer_ids, concepts=concept_info)
+                       positions=positions, layers=layer_ids, layout=layout, concepts=concept_info)
 
 
 def score_sites(rec: Any, sites: Sequence[Any], labels: Any, *, progress: bool = False

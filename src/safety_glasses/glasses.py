@@ -84,6 +84,7 @@ class GlassesConfig:
     pooling: str = "mean"
     positions: str = "all"
     layers: list[int] | None = None
+    layout: str = "auto"
     base_model: dict[str, Any] = field(default_factory=dict)
     concepts: dict[str, Any] = field(default_factory=dict)
     transformers_version: str = transformers.__version__

@@ -41,6 +41,7 @@ __all__ = [
     "UNIT_KINDS",
     "load_vlm",
     "load_processor",
+    "resolve_source",
     "build_processor",
     "decoder_layers",
     "parse_layers",
@@ -125,7 +126,8 @@ def load_vlm(
     dtype: str | torch.dtype | None = None,
     device_map: str | dict[str, Any] | None = None,
 ) -> tuple[Any, Any]:
-    """Load a model and its processor from a local folder or a hub id through transformers' Auto classes.
+    """Load a model and its processor from a local folder, a hub id or a prepared real-model name
+    (``smollm2-135m``, ``gemma3-270m``: see :func:`resolve_source`) through transformers' Auto classes.
 
     Tries ``AutoModelForImageTextToText``, ``AutoModelForVision2Seq`` (when this transformers has it) and
     ``AutoModelForCausalLM`` in that order; the processor comes from :func:`load_processor`. ``dtype`` is
@@ -138,7 +140,7 @@ def load_vlm(
     import transformers
     from transformers import AutoConfig
 
-    source = str(path_or_id)
+    source = resolve_source(path_or_id)
     torch_dtype = _parse_dtype(dtype)
     try:
         config = AutoConfig.from_pretrained(source)
@@ -168,6 +170,22 @@ def load_vlm(
         raise ModelLoadError(f"cannot load a model from {source!r}; tried: " + "; ".join(tried))
     model.eval()
     return model, load_processor(source, config)
+
+
+def resolve_source(path_or_id: str | Path) -> str:
+    """What :func:`load_vlm` loads for ``path_or_id``: a prepared real-model name (``sgm models list``)
+    becomes its cache folder; folders and hub ids are returned unchanged.
+
+    Example:
+        >>> resolve_source("llava-hf/llava-1.5-7b-hf")
+        'llava-hf/llava-1.5-7b-hf'
+    """
+    from .real.cache import resolve_model
+
+    try:
+        return resolve_model(path_or_id)
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise ModelLoadError(str(exc)) from exc
 
 
 def load_processor(path_or_id: str | Path, config: Any | None = None) -> Any:

@@ -141,8 +141,9 @@ class _PoolHook(ProjectHook):
 
 
 def _expected_meta(model: nn.Module, concepts: ConceptSet, sites: Sequence[UnitSite],
-                   pooling: str, positions: str) -> dict[str, Any]:
-    return {
+                   pooling: str, positions: str, layout: str = "auto") -> dict[str, Any]:
+    extra = {} if layout == "auto" else {"layout": layout}  # recordings made before layouts stay resumable
+    return {**extra,
         "version": 1,
         "n_rows": len(concepts),
         "pooling": pooling,
@@ -194,10 +195,11 @@ def _image_groups(rows: Sequence[Any]) -> list[list[int]]:
 @torch.no_grad()
 def record_activations(model: nn.Module, processor: Any, concepts: ConceptSet, sites: Sequence[UnitSite],
                        directory: str | Path, *, pooling: str = "mean", positions: str = "all",
-                       batch_size: int = 8, progress: bool = True) -> Recording:
+                       batch_size: int = 8, progress: bool = True, layout: str = "auto") -> Recording:
     """Run forward passes over ``concepts`` and write each site's pooled units to ``directory``.
 
-    Resumes a partial recording of the same model, concepts, sites and settings.
+    Resumes a partial recording of the same model, concepts, sites and settings. ``layout`` is how rows
+    become text (:data:`safety_glasses.inputs.LAYOUTS`; rows with an empty prompt are raw text).
 
     Example:
         >>> sites = resolve_units(model, "act")
@@ -212,7 +214,7 @@ def record_activations(model: nn.Module, processor: Any, concepts: ConceptSet, s
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     directory = Path(directory)
-    meta, offsets = _prepare(directory, _expected_meta(model, concepts, sites, pooling, positions))
+    meta, offsets = _prepare(directory, _expected_meta(model, concepts, sites, pooling, positions, layout))
     start, n = meta["rows_done"], len(concepts)
     modules = dict(model.named_modules())
     state: dict[str, torch.Tensor] = {}
@@ -233,7 +235,7 @@ def record_activations(model: nn.Module, processor: Any, concepts: ConceptSet, s
             for group in _image_groups(rows):
                 part = [rows[j] for j in group]
                 batch = encode_rows(processor, [r.prompt for r in part], [r.load_images() for r in part],
-                                    [r.response for r in part], model_config=model.config)
+                                    [r.response for r in part], model_config=model.config, layout=layout)
                 mask = batch.masks[positions] & batch.attention_mask.bool()
                 state["mask"] = mask
                 model(**to_model_inputs(batch.inputs, model))

@@ -117,7 +117,7 @@ def _resolve_columns(header: Sequence[str], column_map: Mapping[str, str], sourc
                 fields[field] = norm.index(name)
                 taken.add(fields[field])
                 break
-    missing = [f for f in ("prompt", "response", "label") if f not in fields]
+    missing = [f for f in ("response", "label") if f not in fields]  # no prompt column: raw-text rows
     if missing:
         shown = ", ".join(str(h) for h in header if str(h).strip())
         raise TableError(f"{source} line 1: missing column(s) {missing} (header: {shown}); "

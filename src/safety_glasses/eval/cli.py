@@ -57,7 +57,7 @@ def _print_results(results: dict[str, Any]) -> None:
 
 
 def eval_command(
-    model: str = typer.Option(..., help="Model folder (or hub id where the hub is reachable)."),
+    model: str = typer.Option(..., help="Model folder, prepared real-model name (smollm2-135m, gemma3-270m) or hub id where the hub is reachable."),
     bench: Path = typer.Option(..., help="Benchmark, a local path in one of the formats of --bench-format: the "
                                          "native JSONL; an MM-SafetyBench folder (processed_questions/*.json + "
                                          "imgs/<scenario>/{SD,TYPO,SD_TYPO}/); FigStep SafeBench (safebench.csv + "
@@ -75,7 +75,7 @@ def eval_command(
         None, help="Conditions to keep or derive, comma-separated or repeated: standard, typographic, "
                    "sd_typo, adversarial_image, text_only (default: the rows as given)."),
     judge: Optional[list[str]] = typer.Option(
-        None, help="Judge spec, repeatable (first = primary): profanity, refusal, hf-classifier:PATH, "
+        None, help="Judge spec, repeatable (first = primary): profanity, toxicity[:label=toxic,threshold=0.5], refusal, hf-classifier:PATH, "
                    "llama-guard:PATH, llm-judge:PATH or llm-judge:url=URL,model=NAME,key_env=VAR."),
     concepts: Optional[Path] = typer.Option(None, help="Concept set (.jsonl, .json, .csv or .xlsx) for the neuron "
                                                        "baselines and as adversarial targets (its toxic responses)."),
