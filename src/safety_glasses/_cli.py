@@ -81,6 +81,8 @@ def check_out_dir(path: Path, option: str = "--out") -> None:
         probe = parent
     if probe.exists() and not probe.is_dir():
         raise ValueError(f"{option} {path} cannot be created: {probe} is a file")
+    if probe.exists() and not probe.stat().st_mode & 0o222:  # read-only by its mode, even for root
+        raise ValueError(f"{option} {path} is not writable ({probe} is read-only)")
     try:
         fd, name = tempfile.mkstemp(dir=probe, prefix=".sgm-write-check-")
     except OSError as err:

@@ -4,7 +4,8 @@ A table's header names its columns. The concept fields are ``id``, ``image`` (or
 ``prompt``, ``response``, ``label`` and ``category``; header names are matched case-insensitively
 and with surrounding spaces ignored. Spreadsheets in the SGM authors' precursor format, with the
 columns ``name, prompt, output, label``, are read without a map: ``output`` is the response and
-``name`` the image file (looked up with the usual image extensions when the cell has none). A
+``name`` the image file (next to the sheet or in its ``images/``, ``imgs/``, ``image/`` or ``img/``
+folder, with the usual image extensions tried when the cell has none). A
 column map renames other headers: ``{"prompt": "question", "response": "answer"}`` or the
 CLI form ``"prompt=question,response=answer"`` (``field=column``).
 
@@ -36,6 +37,8 @@ _ALIASES: dict[str, tuple[str, ...]] = {"response": ("output",), "image": ("name
 """Header names read as a field when the field's own column is absent (the SGM authors' spreadsheets)."""
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
+NAME_IMAGE_FOLDERS: tuple[str, ...] = ("images", "imgs", "image", "img")
+"""Folders next to a spreadsheet searched for the bare file names of a ``name`` column."""
 
 
 class TableError(ValueError):
@@ -217,11 +220,13 @@ def _image_cell(value: Any, base_dir: Path, from_name: bool, where: str) -> list
     for part in parts:
         path = Path(part).expanduser()
         full = path if path.is_absolute() else base_dir / path
-        if not full.is_file() and not path.suffix:
-            found = next((full.with_name(full.name + ext) for ext in IMAGE_EXTENSIONS
-                          if full.with_name(full.name + ext).is_file()), None)
-            if found is not None:
-                full = found
+        folders = [full.parent]
+        if from_name and not path.is_absolute():  # bare file names: also the usual image folders
+            folders += [base_dir / sub / path.parent for sub in NAME_IMAGE_FOLDERS]
+        candidates = [folder / full.name for folder in folders]
+        if not path.suffix:
+            candidates += [folder / (full.name + ext) for folder in folders for ext in IMAGE_EXTENSIONS]
+        full = next((c for c in candidates if c.is_file()), full)
         if from_name and not full.is_file():
             raise TableError(f"{where}: image file not found: {full} (the 'name' column is read as the image "
                              "file; map it with a column map such as id=name if it holds row ids)")

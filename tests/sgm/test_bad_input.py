@@ -167,3 +167,16 @@ def test_a_run_whose_replies_are_mostly_empty_is_flagged(saved: dict[str, Path],
     assert results["by_defense"]["none"]["empty_replies"] == 1.0
     assert any("replies are empty" in w for w in results["warnings"])
     assert "replies are empty" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_read_only_out_is_refused_before_the_model_loads(saved: dict[str, Path], tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        for out in (locked, locked / "new"):
+            res = runner.invoke(app, ["fit", "--model", "never-loaded", "--concepts", str(saved["concepts"]),
+                                      "--out", str(out)])
+            _one_error_line(res, "is not writable")
+    finally:
+        locked.chmod(0o755)

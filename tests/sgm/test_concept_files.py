@@ -73,17 +73,20 @@ def _xlsx(path: Path, header: list[str], rows: list[list[object]]) -> Path:
 def test_xlsx_in_the_sgm_authors_format(tmp_path: Path) -> None:
     _image(tmp_path / "0.jpg")
     _image(tmp_path / "images_dir" / "1.png")
+    _image(tmp_path / "images" / "2.png")
     path = _xlsx(tmp_path / "concepts.xlsx", ["name", "prompt", "output", "label"], [
         ["0.jpg", "What is shown?", "Vile words\nover two lines", 1.0],
         ["images_dir/1", "Describe it.", "A calm lake.", 0.0],  # no extension: found as .png
+        ["2.png", "And this?", "Fine.", 0.0],  # a bare name found in the sheet's images/ folder
         [None, "Text only?", "Yes.", 1],
         [None, None, None, None],  # an empty spreadsheet row is skipped
         [None, "Again", "No.", "0.0"],
     ])
     cs = ConceptSet.load(path)
-    assert cs.labels.tolist() == [1, 0, 1, 0]
+    assert cs.labels.tolist() == [1, 0, 0, 1, 0]
     assert cs[0].images == (tmp_path / "0.jpg",) and cs[1].images == (tmp_path / "images_dir" / "1.png",)
-    assert cs[2].images == () and cs[0].response == "Vile words\nover two lines"
+    assert cs[2].images == (tmp_path / "images" / "2.png",)
+    assert cs[3].images == () and cs[0].response == "Vile words\nover two lines"
     assert cs[0].load_images()[0].size == (4, 4)
 
 
