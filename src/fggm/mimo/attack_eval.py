@@ -397,7 +397,7 @@ def default_scheduler() -> Path:
     here = Path("data/schedulers/smart16")
     if here.is_dir():
         return here
-    return Path(__file__).resolve().parents[2] / "data" / "schedulers" / "smart16"
+    return Path(__file__).resolve().parents[3] / "data" / "schedulers" / "smart16"
 
 
 def attack_table(rows: Sequence[dict[str, Any]], title: str = "attacks") -> Any:
