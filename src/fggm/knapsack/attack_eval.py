@@ -236,8 +236,8 @@ def plot_knapsack_attacks(rows: Sequence[dict[str, Any]], png: str | Path) -> Pa
         'ka.png'
     """
     rows = [r for r in rows if r["attack"] != "none"]
-    labels = [f"{r['goal']}\n{r['attack']}" for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(max(7.0, 0.75 * len(rows) + 3), 3.8), squeeze=False)
+    labels = [f"{r['goal']}: {r['attack']}" for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(max(7.0, 0.75 * len(rows) + 3), 4.4), squeeze=False)
     for ax, key, title, target in ((axes[0][0], "victim_cut", "victims' selection-rate cut [%]", 70.0),
                                    (axes[0][1], "value_cut", "realised value cut [%]", 30.0)):
         vals = np.array([r[f"{key}_pct"] if r.get(f"{key}_pct") is not None else np.nan for r in rows])
@@ -247,7 +247,7 @@ def plot_knapsack_attacks(rows: Sequence[dict[str, Any]], png: str | Path) -> Pa
         x = np.arange(len(rows))
         ax.bar(x, np.nan_to_num(vals), yerr=np.nan_to_num(err), color=colors, capsize=3)
         ax.axhline(target, ls="--", lw=1, color="k")
-        ax.set_xticks(x, labels, fontsize=7)
+        ax.set_xticks(x, labels, fontsize=7, rotation=35, ha="right")
         ax.set_ylabel(title)
     fig.suptitle("knapsack: FGGM vs baselines (95% paired bootstrap CI)", fontsize=10)
     return save_figure(fig, png)

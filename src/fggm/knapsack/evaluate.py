@@ -135,7 +135,7 @@ def plot_solvers(rows: Sequence[dict[str, Any]], png: str | Path) -> Path:
     if rows:
         ax1.axhline(rows[0]["optimum_value"], ls="--", lw=1, color="k")
         ax1.text(len(rows) - 0.5, rows[0]["optimum_value"], "optimum", ha="right", va="bottom", fontsize=8)
-    ax1.set_xticks(x, [r["solver"] for r in rows])
+    ax1.set_xticks(x, [r["solver"] for r in rows], rotation=20, ha="right", fontsize=8)
     ax1.set_ylabel("mean true value per instance")
     n = len(rows[0]["selection_rate"]) if rows else 0
     width = 0.8 / max(len(rows), 1)
@@ -144,5 +144,6 @@ def plot_solvers(rows: Sequence[dict[str, Any]], png: str | Path) -> Path:
     ax2.set_xlabel("item")
     ax2.set_ylabel("selection rate")
     ax2.set_xticks(np.arange(n))
-    ax2.legend(fontsize=7)
+    ax2.set_ylim(0, 1.0)
+    ax2.legend(fontsize=7, ncol=3, loc="upper center")
     return save_figure(fig, png)
