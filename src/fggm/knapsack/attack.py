@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fggm.core.attack import (BoxProblem, certify, double, eot_search, ladder_search, mean_point_search)
+from fggm.core.attack import BoxProblem, Search, certify, double, eot_search, ladder_search, mean_point_search
 from fggm.core.spec import MatrixSpec, atanh_ends
 from fggm.core.threat import AttackError, BoundedEntries, NormaliserStats, check_search, coverage, parse_ids
 from fggm.knapsack.config import KnapsackConfig
@@ -436,8 +436,6 @@ def craft(victim: KnapsackVictim | str | Path, threat: KnapsackThreat, method: s
         x = ctl.sample(1, tm.seed + 7919)
         with torch.no_grad():
             s_loss = setup.problem.loss(x)
-        from fggm.core.attack import Search
-
         s = Search(x, s_loss, [float(s_loss)], 0)
     cert = certify(setup.problem, s.x, s.loss)
     c = setup.certificate(cert.lb, cert.ub, cert.x)
