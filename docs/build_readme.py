@@ -6,7 +6,7 @@
 from pathlib import Path
 
 ORDER = ["00-head", "sgm-organism", "sgm-core", "sgm-eval", "sgm-models", "sgm-concepts-expertise",
-         "fggm-victim", "fggm-attack", "90-results"]
+         "fggm-victim", "fggm-attack", "fggm-knapsack", "90-results"]
 
 
 def main() -> None:

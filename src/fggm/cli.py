@@ -20,7 +20,8 @@ from fggm.mimo.config import ConfigError, EnvConfig, FggmConfig
 
 app = typer.Typer(
     name="fggm",
-    help="FGGM victim: MU-MIMO uplink scheduling simulator, SAC scheduler training and evaluation.",
+    help="FGGM: MU-MIMO uplink scheduling simulator, SAC scheduler training, evaluation and the attack; "
+         "`fggm knapsack ...` for the knapsack solver.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -293,8 +294,10 @@ def demo(
     ttis: int = typer.Option(800, "--ttis", help="TTIs per seed and condition."),
     seeds: int = typer.Option(2, "--seeds", help="Number of channel seeds (unseen in training and crafting)."),
     threads: int = typer.Option(1, "--threads", help="torch CPU threads."),
+    knapsack: bool = typer.Option(True, "--knapsack/--no-knapsack",
+                                  help="Also run the knapsack part (shipped solver, 2 attacker items; into OUT/knapsack)."),
 ) -> None:
-    """On the shipped scheduler: craft FGGM and the baselines, evaluate all, print the table, write PNGs."""
+    """On the shipped scheduler and knapsack solver: craft FGGM and the baselines, evaluate all, print tables, write PNGs."""
     import torch
 
     from fggm.mimo.attack import ThreatModel, Victim
@@ -314,6 +317,18 @@ def demo(
                                                      f"{list(tm.victims)}, k={k:g} ({ttis} TTIs x {seeds} seeds)"))
     console.print(f"wrote {Path(out) / 'results.json'} and {', '.join(result.get('pngs', []))} "
                   f"in {result['wall_s']} s (paper: up to 70% lower victim throughput)")
+    if knapsack:
+        from fggm.knapsack.cli import demo_part
+
+        try:
+            demo_part(Path(out) / "knapsack")
+        except USER_ERRORS as exc:
+            fail(_error_text(exc))
+
+
+from fggm.knapsack.cli import app as knapsack_app  # noqa: E402  (the knapsack problem's commands)
+
+app.add_typer(knapsack_app, name="knapsack")
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""FGGM: the formal grey-box gradient attack on a DRL MU-MIMO scheduler.
+"""FGGM on a DRL MU-MIMO scheduler: the MU-MIMO problem plugged into :mod:`fggm.core`.
 
 The attackers know only the policy and its observation normaliser.  Every observation entry
 they do not control lies, they assume, in the box ``mean +- k*sigma`` of the normaliser's
@@ -11,6 +11,11 @@ interval lies inside one run of subset indices whose subsets contain no victim -
 every observation in the box, no victim is scheduled.  When no run can be reached the attack
 reports the certified share: the fraction of victim-free subsets among those the certified
 interval can still reach.
+
+What is MU-MIMO here: the threat model (users, power budget), the victim checkpoint, the
+forged-channel map (:class:`ForgedChannels`), the victim-free runs of the subset grid and the
+certificate's subset indices.  The box, the specification's loss, the gradient loop, the
+ladder of boxes and the float64 certificate are :mod:`fggm.core`'s.
 
 Example:
     >>> victim = Victim.load("data/schedulers/smart16")                       # doctest: +SKIP
@@ -31,37 +36,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from fggm.core import bounds
+from fggm.core.attack import BoxProblem, Certified, certify, ladder_search, mean_point_search
+from fggm.core.spec import RunSpec
+from fggm.core.threat import DOMAINS, STEP_RULES, AttackError, Controlled, NormaliserStats, check_search, parse_ids
 from fggm.mimo.config import ConfigError, EnvConfig
 from fggm.mimo.env import observation_indices
 from fggm.mimo.physics import SubsetCodec
 
 __all__ = ["ThreatModel", "ThreatModelError", "Victim", "AttackSetup", "AttackResult", "run_fggm",
-           "mean_point_pgd", "random_forged", "forged_se"]
+           "mean_point_pgd", "random_forged", "forged_se", "ForgedChannels", "DOMAINS", "STEP_RULES"]
 
-DOMAINS = ("crown", "ibp")
-STEP_RULES = ("sign", "adam")
 FORMAT = "fggm-attack/1"
 
 
-class ThreatModelError(ConfigError):
+class ThreatModelError(ConfigError, AttackError):
     """An invalid threat model (one human-readable sentence)."""
-
-
-def _users(x: Any, what: str) -> tuple[int, ...]:
-    if isinstance(x, (int, np.integer)):
-        x = (x,)
-    try:
-        users = tuple(int(u) for u in x)
-    except (TypeError, ValueError):
-        raise ThreatModelError(f"{what} must be a list of user ids, got {x!r}") from None
-    if not users:
-        raise ThreatModelError(f"give at least one {what[:-1]}")
-    if len(set(users)) != len(users):
-        raise ThreatModelError(f"{what} lists a user twice: {list(users)}")
-    if min(users) < 0:
-        raise ThreatModelError(f"{what} must be user ids >= 0, got {list(users)}")
-    return tuple(sorted(users))
 
 
 @dataclass(frozen=True)
@@ -101,25 +90,16 @@ class ThreatModel:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "attackers", _users(self.attackers, "attackers"))
-        object.__setattr__(self, "victims", _users(self.victims, "victims"))
+        object.__setattr__(self, "attackers", parse_ids(self.attackers, "attackers", "user", ThreatModelError))
+        object.__setattr__(self, "victims", parse_ids(self.victims, "victims", "user", ThreatModelError))
         both = sorted(set(self.attackers) & set(self.victims))
         if both:
             raise ThreatModelError(f"attackers and victims overlap in user(s) {both}")
-        if not (math.isfinite(self.k) and self.k > 0):
-            raise ThreatModelError(f"k must be a positive number of standard deviations, got {self.k}")
+        check_search(self.k, self.domain, self.step_rule, self.steps, self.restarts, self.step_size, ThreatModelError)
         if self.power_budget is not None and not (math.isfinite(self.power_budget) and self.power_budget > 0):
             raise ThreatModelError(f"power_budget must be positive, got {self.power_budget}")
         if not (math.isfinite(self.power_factor) and self.power_factor > 0):
             raise ThreatModelError(f"power_factor must be positive, got {self.power_factor}")
-        if self.domain not in DOMAINS:
-            raise ThreatModelError(f"domain must be one of {', '.join(DOMAINS)}, got {self.domain!r}")
-        if self.step_rule not in STEP_RULES:
-            raise ThreatModelError(f"step_rule must be one of {', '.join(STEP_RULES)}, got {self.step_rule!r}")
-        if self.steps < 1 or self.restarts < 1:
-            raise ThreatModelError("steps and restarts must be >= 1")
-        if not self.step_size > 0:
-            raise ThreatModelError(f"step_size must be positive, got {self.step_size}")
 
     def check_env(self, num_users: int) -> None:
         """Raise :class:`ThreatModelError` if a user id does not exist in an environment of ``num_users``.
@@ -235,9 +215,54 @@ def forged_se(x: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------------------ setup
 
 
+class ForgedChannels(Controlled):
+    """What MU-MIMO attackers control: their forged channels ``x [B, A, 2M]`` (Re then Im), written
+    to their channel entries and, through :func:`forged_se`, their single-user-SE entries;
+    each channel projected onto ``||h||^2 <= budget``.
+
+    Example:
+        >>> ctl = ForgedChannels(torch.tensor([[2, 3]]), torch.tensor([0]), 4.0, torch.zeros(1, 2))
+        >>> ctl.values(torch.tensor([[[1.0, 1.0]]])).tolist()
+        [[1.0, 1.0, 1.5849624872207642]]
+    """
+
+    def __init__(self, ch_idx: torch.Tensor, se_idx: torch.Tensor, budget: float, mean_forged: torch.Tensor) -> None:
+        self.ch_idx, self.se_idx, self.budget, self.mean_forged = ch_idx, se_idx, float(budget), mean_forged
+        self.indices = torch.cat([ch_idx.flatten(), se_idx])
+        self.shape = tuple(mean_forged.shape)
+
+    def values(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x.reshape(x.shape[0], -1), forged_se(x)], 1)
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        norm = x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return x * torch.clamp(math.sqrt(self.budget) / norm, max=1.0)
+
+    def init(self, restarts: int, seed: int) -> torch.Tensor:
+        """Restart 0 at the mean channel (projected); the others random at 50-100% of the budget."""
+        gen = torch.Generator().manual_seed(seed)
+        A, D = self.mean_forged.shape
+        x = torch.randn(restarts, A, D, generator=gen)
+        scale = math.sqrt(self.budget) * (0.5 + 0.5 * torch.rand(restarts, A, 1, generator=gen))
+        x = x / x.norm(dim=-1, keepdim=True) * scale
+        x[0] = self.mean_forged
+        return self.project(x)
+
+    def step_scale(self, step_size: float) -> float:
+        return step_size * math.sqrt(self.budget / self.shape[-1])  # per-coordinate step at full budget
+
+    def sample(self, n: int, seed: int, power: torch.Tensor | None = None) -> torch.Tensor:
+        """Random CN(0, I) directions at ``power`` ``[A]`` (default: the full budget)."""
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.randn(n, *self.shape, generator=gen)
+        p = power if power is not None else torch.full((self.shape[0],), self.budget)
+        return x / x.norm(dim=-1, keepdim=True) * p.reshape(1, -1, 1).sqrt()
+
+
 @dataclass
 class AttackSetup:
-    """Everything precomputed for one (victim, threat model): box, indices, target runs, budget.
+    """Everything precomputed for one (victim, threat model): the core problem (box, forged
+    channels, victim-free runs as a :class:`~fggm.core.spec.RunSpec`), the codec and budget.
 
     Example:
         >>> setup = AttackSetup.build(victim, ThreatModel())   # doctest: +SKIP
@@ -246,16 +271,8 @@ class AttackSetup:
     victim: Victim
     threat: ThreatModel
     codec: SubsetCodec
-    base_lo: torch.Tensor  # [obs] raw-space box for every entry (attackers' are overwritten)
-    base_up: torch.Tensor
-    ch_idx: torch.Tensor  # [A, 2M] observation index of each attacker's Re then Im entries
-    se_idx: torch.Tensor  # [A] observation index of each attacker's single-user SE entry
-    budget: float
+    problem: BoxProblem
     free: np.ndarray  # [N] bool: subset contains no victim
-    runs: np.ndarray  # [R, 2] first/last index of each run of victim-free subsets
-    run_lo: torch.Tensor  # [R] pre-tanh lower end each run needs (-inf at the grid's start)
-    run_hi: torch.Tensor  # [R] pre-tanh upper end (+inf at the grid's end)
-    mean_forged: torch.Tensor  # [A, 2M] attackers' entries at the normaliser mean
 
     @classmethod
     def build(cls, victim: Victim, threat: ThreatModel) -> "AttackSetup":
@@ -263,12 +280,9 @@ class AttackSetup:
         M, K = env.num_antennas, env.num_users
         threat.check_env(K)
         victim.check()
-        mean, sigma = victim.mean, np.sqrt(victim.var)
-        clip_half = victim.clip_obs * np.sqrt(victim.var + victim.epsilon)
-        lo = np.maximum(mean - threat.k * sigma, mean - clip_half)
-        up = np.minimum(mean + threat.k * sigma, mean + clip_half)
-        nonneg = np.arange(2 * K)  # single-user SE and cumulative SE are >= 0
-        lo[nonneg], up[nonneg] = np.maximum(lo[nonneg], 0.0), np.maximum(up[nonneg], 0.0)
+        mean = victim.mean
+        phys_lo = np.full(mean.shape, -np.inf)
+        phys_lo[: 2 * K] = 0.0  # single-user SE and cumulative SE are >= 0
         ch_idx, se_idx = [], []
         for u in threat.attackers:
             ix = observation_indices(M, K, u)
@@ -283,103 +297,106 @@ class AttackSetup:
         budget = threat.power_budget if threat.power_budget is not None else threat.power_factor * max(powers)
         codec = SubsetCodec(K, env.max_scheduled)
         free = ~codec.masks[:, list(threat.victims)].any(axis=1)
-        runs = _runs(free)
-        if len(runs) == 0:
+        spec = RunSpec.from_grid(free)  # runs of victim-free subsets, 1% of a half step inside
+        if len(spec.runs) == 0:
             raise ThreatModelError("every subset contains a victim: nothing to attack towards")
-        n = codec.n
-        half = 1.0 / max(n - 1, 1)
-        margin = 0.01 * half  # stay clear of rounding ties at the grid's decision boundaries
-        a_lo = np.array([-np.inf if s == 0 else codec.index_to_action(int(s)) - half + margin for s, _ in runs])
-        a_hi = np.array([np.inf if e == n - 1 else codec.index_to_action(int(e)) + half - margin for _, e in runs])
-        return cls(
-            victim=victim, threat=threat, codec=codec,
-            base_lo=torch.tensor(lo, dtype=torch.float32), base_up=torch.tensor(up, dtype=torch.float32),
-            ch_idx=torch.tensor(ch, dtype=torch.long), se_idx=torch.tensor(se_idx, dtype=torch.long),
-            budget=float(budget), free=free, runs=runs,
-            run_lo=torch.tensor(_atanh(a_lo), dtype=torch.float64),
-            run_hi=torch.tensor(_atanh(a_hi), dtype=torch.float64),
-            mean_forged=torch.tensor(mean[ch], dtype=torch.float32),
-        )
+        controlled = ForgedChannels(torch.tensor(ch, dtype=torch.long), torch.tensor(se_idx, dtype=torch.long),
+                                    float(budget), torch.tensor(mean[ch], dtype=torch.float32))
+        stats = NormaliserStats(victim.mean, victim.var, victim.epsilon, victim.clip_obs)
+        problem = BoxProblem(victim.view, stats, controlled, spec, threat.k, threat.domain, phys_lo=phys_lo)
+        return cls(victim=victim, threat=threat, codec=codec, problem=problem, free=free)
 
-    # -- boxes ---------------------------------------------------------------------------------
+    # -- the core problem's parts under their MU-MIMO names -----------------------------------
+    @property
+    def controlled(self) -> ForgedChannels:
+        return self.problem.controlled  # type: ignore[return-value]
+
+    @property
+    def spec(self) -> RunSpec:
+        return self.problem.spec  # type: ignore[return-value]
+
+    @property
+    def base_lo(self) -> torch.Tensor:
+        """``[obs]`` raw-space box of every entry (the attackers' are overwritten by :meth:`box`)."""
+        return self.problem.base_lo
+
+    @property
+    def base_up(self) -> torch.Tensor:
+        return self.problem.base_up
+
+    @property
+    def ch_idx(self) -> torch.Tensor:
+        """``[A, 2M]`` observation index of each attacker's Re then Im entries."""
+        return self.controlled.ch_idx
+
+    @property
+    def se_idx(self) -> torch.Tensor:
+        """``[A]`` observation index of each attacker's single-user SE entry."""
+        return self.controlled.se_idx
+
+    @property
+    def budget(self) -> float:
+        return self.controlled.budget
+
+    @property
+    def mean_forged(self) -> torch.Tensor:
+        """``[A, 2M]`` attackers' entries at the normaliser mean."""
+        return self.controlled.mean_forged
+
+    @property
+    def runs(self) -> np.ndarray:
+        """``[R, 2]`` first/last index of each run of victim-free subsets."""
+        return self.spec.runs
+
+    @property
+    def run_lo(self) -> torch.Tensor:
+        """``[R]`` pre-tanh lower end each run needs (-inf at the grid's start)."""
+        return self.spec.run_lo
+
+    @property
+    def run_hi(self) -> torch.Tensor:
+        return self.spec.run_hi
+
     def box(self, x: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
         """Box corners ``[B, obs]`` with the attackers' entries set from forged channels ``x [B, A, 2M]``."""
-        B = x.shape[0]
-        lo = self.base_lo.to(dtype).expand(B, -1).clone()
-        up = self.base_up.to(dtype).expand(B, -1).clone()
-        x = x.to(dtype)
-        idx = torch.cat([self.ch_idx.flatten(), self.se_idx])
-        vals = torch.cat([x.reshape(B, -1), forged_se(x)], 1)
-        lo = lo.index_put((torch.arange(B)[:, None], idx[None, :]), vals)
-        up = up.index_put((torch.arange(B)[:, None], idx[None, :]), vals)
-        return lo, up
+        return self.problem.box(x, dtype)
 
     def point(self, x: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
         """Observations ``obs [B, obs]`` with the attackers' entries replaced by forged ``x [B, A, 2M]``."""
-        B = x.shape[0]
-        idx = torch.cat([self.ch_idx.flatten(), self.se_idx])
-        vals = torch.cat([x.reshape(B, -1), forged_se(x)], 1).to(obs.dtype)
-        return obs.index_put((torch.arange(B)[:, None], idx[None, :]), vals)
+        return self.problem.point(x, obs)
 
     def mean_observation(self) -> torch.Tensor:
         """The normaliser's mean observation (physical limits applied), ``[obs]``."""
-        m = torch.tensor(self.victim.mean, dtype=torch.float32)
-        return torch.minimum(torch.maximum(m, self.base_lo), self.base_up)
+        return self.problem.mean_observation()
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """Project each forged channel onto ``||h||^2 <= budget``."""
-        norm = x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        return x * torch.clamp(math.sqrt(self.budget) / norm, max=1.0)
+        return self.controlled.project(x)
 
     def bound(self, x: torch.Tensor, domain: str | None = None, dtype: torch.dtype = torch.float32,
               view: nn.Sequential | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Certified pre-tanh action interval ``[B, 1]`` each over the box of forged channels ``x``."""
-        lo, up = self.box(x, dtype)
-        net = view if view is not None else self.victim.view
-        if (domain or self.threat.domain) == "crown":
-            return bounds.crown(net, lo, up)
-        return bounds.ibp(net, lo, up)
+        return self.problem.bound(x, domain, dtype, view)
 
     # -- objective -----------------------------------------------------------------------------
     def run_costs(self, lb: torch.Tensor, ub: torch.Tensor) -> torch.Tensor:
         """``[B, R]`` distance of the certified interval from fitting inside each victim-free run."""
-        lo, hi = self.run_lo.to(lb.dtype), self.run_hi.to(lb.dtype)
-        return torch.relu(lo - lb) + torch.relu(ub - hi)
+        return self.spec.costs(lb, ub)
 
     def point_margin(self, mu: torch.Tensor) -> torch.Tensor:
         """``[B]`` signed distance of a point action from the best run (negative = inside, deeper)."""
-        lo, hi = self.run_lo.to(mu.dtype), self.run_hi.to(mu.dtype)
-        inside = torch.maximum(lo - mu, mu - hi)  # [B, R]; -inf-safe for the end runs
-        return inside.min(-1).values
+        return self.spec.point_margin(mu)
 
     def certificate(self, lb: float, ub: float) -> dict[str, Any]:
         """Proved (inside one victim-free run) and the certified share of victim-free subsets."""
         a_lo, a_hi = math.tanh(lb), math.tanh(ub)
         i_lo, i_hi = self.codec.action_to_index(a_lo), self.codec.action_to_index(a_hi)
         share = float(self.free[i_lo : i_hi + 1].mean())
-        proved, target = False, None
-        for r, (s, e) in enumerate(self.runs):
-            if float(self.run_lo[r]) <= lb and ub <= float(self.run_hi[r]):
-                proved, target = True, [int(s), int(e)]
-                break
+        r = self.spec.which(lb, ub)
+        proved, target = r is not None, None if r is None else [int(self.runs[r][0]), int(self.runs[r][1])]
         return {"proved": proved, "certified_share": 1.0 if proved else share, "bound": [lb, ub],
                 "action_interval": [a_lo, a_hi], "index_range": [i_lo, i_hi], "target_run": target,
                 "victim_free_share_of_all_subsets": float(self.free.mean())}
-
-
-def _atanh(a: np.ndarray) -> np.ndarray:
-    """arctanh with the grid's open ends (|a| >= 1) mapped to +-inf."""
-    out = np.where(a <= -1, -np.inf, np.where(a >= 1, np.inf, 0.0))
-    inner = np.abs(a) < 1
-    out[inner] = np.arctanh(a[inner])
-    return out
-
-
-def _runs(free: np.ndarray) -> np.ndarray:
-    """Maximal runs ``[start, end]`` of True in a boolean vector."""
-    edges = np.diff(np.concatenate([[0], free.astype(np.int8), [0]]))
-    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1) - 1
-    return np.stack([starts, ends], 1) if len(starts) else np.zeros((0, 2), dtype=np.int64)
 
 
 # ------------------------------------------------------------------------------ result
@@ -474,184 +491,56 @@ def _to_complex(x: torch.Tensor, M: int) -> np.ndarray:
     return v[..., :M] + 1j * v[..., M:]
 
 
-def _init(setup: AttackSetup, restarts: int, seed: int) -> torch.Tensor:
-    """Restart 0 at the mean channel (projected); the others random at 50-100% of the budget."""
-    gen = torch.Generator().manual_seed(seed)
-    A, D = setup.mean_forged.shape
-    x = torch.randn(restarts, A, D, generator=gen)
-    scale = math.sqrt(setup.budget) * (0.5 + 0.5 * torch.rand(restarts, A, 1, generator=gen))
-    x = x / x.norm(dim=-1, keepdim=True) * scale
-    x[0] = setup.mean_forged
-    return setup.project(x)
-
-
-def _optimise(setup: AttackSetup, loss_fn: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor,
-              steps: int, step_rule: str, step_size: float,
-              done: Callable[[torch.Tensor], torch.Tensor] | None = None,
-              on_step: Callable[[int, float], None] | None = None) -> tuple[torch.Tensor, torch.Tensor, list[float], int]:
-    """Projected descent of ``loss_fn`` ([B] per restart); keeps each restart's best point."""
-    D = x0.shape[-1]
-    scale = step_size * math.sqrt(setup.budget / D)  # per-coordinate step at full budget
-    x = x0.clone().requires_grad_(True)
-    best_x, best_loss = x0.clone(), torch.full((x0.shape[0],), float("inf"))
-    opt = torch.optim.Adam([x], lr=scale) if step_rule == "adam" else None
-    history: list[float] = []
-    step = 0
-    for step in range(steps + 1):
-        loss = loss_fn(x)
-        with torch.no_grad():
-            better = loss.detach() < best_loss
-            best_loss = torch.where(better, loss.detach(), best_loss)
-            best_x[better] = x.detach()[better]
-        history.append(float(best_loss.min()))
-        if on_step is not None:
-            on_step(step, history[-1])
-        if step == steps or (done is not None and bool(done(best_loss).any())):
-            break
-        grad = torch.autograd.grad(loss.sum(), x)[0]
-        with torch.no_grad():
-            if opt is None:
-                decay = 1.0 - 0.9 * step / max(steps - 1, 1)
-                x -= scale * decay * grad.sign()
-            else:
-                x.grad = grad
-                opt.step()
-            x.copy_(setup.project(x))
-    return best_x, best_loss, history, step
-
-
 def run_fggm(victim: Victim | str | Path, threat: ThreatModel, *, rungs: int = 12,
              on_step: Callable[[int, float], None] | None = None) -> AttackResult:
     """Craft one fixed forged CSI per attacker that certifiably keeps the victims unscheduled.
 
     Minimises ``min_r [relu(L_r - lb) + relu(ub - U_r)]`` -- how far the certified pre-tanh
     interval ``[lb, ub]`` is from fitting inside victim-free run ``r`` -- by projected sign or
-    Adam steps on the forged channels, all restarts as one batch.  The box grows along a
-    ladder ``k/2^(rungs-1), ..., k/2, k``: each rung starts from the previous rung's certified
-    channels and stops as soon as one restart is certified; the ladder stops at the first rung
-    that cannot be certified within its share of the steps.  The result is certified on the
-    full box when the last rung succeeds; otherwise it is the channel certified on the largest
-    box reached (``certificate["certified_k"]``), which is what "maximise the certified
-    share" means here.  The final certificate is recomputed in float64.
+    Adam steps on the forged channels, all restarts as one batch, along the core's ladder of
+    boxes (:func:`fggm.core.attack.ladder_search`): ``k/2^(rungs-1), ..., k/2, k``, each rung
+    starting from the previous rung's certified channels.  The result is certified on the full
+    box when the last rung succeeds; otherwise it is the channel certified on the largest box
+    reached (``certificate["certified_k"]``), which is what "maximise the certified share" means
+    here.  The final certificate is recomputed in float64.
 
     Example:
         >>> res = run_fggm("data/schedulers/smart16", ThreatModel(attackers=(0, 1), victims=(2,)))  # doctest: +SKIP
         >>> res.certificate["proved"], res.certificate["certified_k"]                              # doctest: +SKIP
         (False, 0.375)
     """
-    from dataclasses import replace
-
     if not isinstance(victim, Victim):
         victim = Victim.load(victim)
     t0 = time.perf_counter()
     setup = AttackSetup.build(victim, threat)
-    x = _init(setup, threat.restarts, threat.seed)
-    gen = torch.Generator().manual_seed(threat.seed + 1)
-    history: list[float] = []
-    log: list[dict[str, Any]] = []
-    best_x, best_loss = x, torch.full((x.shape[0],), float("inf"))
-    budget, done_steps = threat.steps, 0
-    chunk = max(4, threat.steps // 8)
-    k_try, k_ok, k_fail = threat.k / 2 ** (max(1, rungs) - 1), 0.0, None
-    while budget > 0:
-        rung = AttackSetup.build(victim, replace(threat, k=k_try))
-
-        def loss_fn(z: torch.Tensor, rung: AttackSetup = rung) -> torch.Tensor:
-            lb, ub = rung.bound(z)
-            return rung.run_costs(lb.double(), ub.double()).min(-1).values
-
-        offset = len(history)
-        rx, rloss, rhist, used = _optimise(
-            rung, loss_fn, x, min(chunk, budget), threat.step_rule, threat.step_size, done=lambda bl: bl <= 0,
-            on_step=(lambda j, v, o=done_steps: on_step(o + j, v)) if on_step else None)
-        history.extend(rhist)
-        budget, done_steps = budget - max(used, 1), done_steps + used
-        certified = bool((rloss <= 0).any())
-        log.append({"k": k_try, "start": offset, "steps": used, "certified": certified, "loss": float(rloss.min())})
-        if certified:
-            best_x, best_loss, k_ok = rx, rloss, k_try
-            if k_try >= threat.k:
-                break  # proved on the full box
-            if k_fail is not None and k_fail / k_ok < 1.1:
-                break  # bracketed to within 10%
-            k_try = min(threat.k, 2 * k_try) if k_fail is None else math.sqrt(k_ok * k_fail)
-        else:
-            if k_ok == 0.0 and (len(log) == 1 or float(rloss.min()) < float(best_loss.min())):
-                best_x, best_loss = rx, rloss  # nothing certified yet: keep the closest
-            k_fail = k_try
-            if k_ok == 0.0:
-                k_try = k_try / 2  # not even the smallest box: shrink
-            else:
-                if k_fail / k_ok < 1.1:
-                    break
-                k_try = math.sqrt(k_ok * k_fail)
-        # next rung starts from the best channels so far, plus jittered copies as the other restarts
-        j = int(torch.argmin(best_loss))
-        noise = torch.randn(best_x.shape, generator=gen) * (0.05 * math.sqrt(setup.budget / best_x.shape[-1]))
-        x = setup.project(best_x[j : j + 1] + noise)
-        x[0] = best_x[j]
-    res = _finish(setup, "fggm" if threat.domain == "crown" else "fggm-ibp", best_x, best_loss, history,
-                  done_steps, t0)
-    res.ladder = log
+    x0 = setup.controlled.init(threat.restarts, threat.seed)
+    search = ladder_search(setup.problem, x0, threat.steps, threat.step_rule, threat.step_size, rungs=rungs,
+                           seed=threat.seed, on_step=on_step)
+    res = _finish(setup, "fggm" if threat.domain == "crown" else "fggm-ibp", search.x, search.loss, search.history,
+                  search.steps, t0)
+    res.ladder = search.ladder
     return res
 
 
 def _finish(setup: AttackSetup, name: str, best_x: torch.Tensor, best_loss: torch.Tensor,
             history: list[float], steps_done: int, t0: float) -> AttackResult:
-    """Pick the best restart, certify it in float64 (CROWN and IBP, the tighter), package it."""
-    i = int(torch.argmin(best_loss))
-    x = best_x[i : i + 1]
-    view64 = _double(setup.victim.view)
-    with torch.no_grad():
-        cl, cu = setup.bound(x, "crown", torch.float64, view64)
-        il, iu = setup.bound(x, "ibp", torch.float64, view64)
-        lb, ub = float(torch.maximum(cl, il)), float(torch.minimum(cu, iu))
-    cert = setup.certificate(lb, ub)
-    cert["certified_k"] = _certified_k(setup, x, view64, lb, ub)
+    """Certify the best restart (core :func:`~fggm.core.attack.certify`) and package it."""
+    cert: Certified = certify(setup.problem, best_x, best_loss)
+    c = setup.certificate(float(cert.lb), float(cert.ub))
+    c["certified_k"] = cert.certified_k
     M = setup.victim.env.num_antennas
-    forged = {u: _to_complex(x[0, a], M) for a, u in enumerate(setup.threat.attackers)}
+    forged = {u: _to_complex(cert.x[0, a], M) for a, u in enumerate(setup.threat.attackers)}
     env = {"num_antennas": M, "num_users": setup.victim.env.num_users, "max_scheduled": setup.victim.env.max_scheduled}
-    return AttackResult(attack=name, threat=setup.threat, forged=forged, certificate=cert, budget=setup.budget,
+    return AttackResult(attack=name, threat=setup.threat, forged=forged, certificate=c, budget=setup.budget,
                         env=env, scheduler=setup.victim.source, steps_done=steps_done,
                         wall_s=time.perf_counter() - t0, history=history)
-
-
-def _certified_k(setup: AttackSetup, x: torch.Tensor, view64: nn.Sequential, lb: float, ub: float,
-                 iters: int = 12) -> float:
-    """Largest k' <= k (bisection, float64 CROWN) at which these forged channels are proved.
-
-    0 when not even the point at the normaliser mean is inside a victim-free run.
-    """
-    from dataclasses import replace
-
-    if setup.certificate(lb, ub)["proved"]:
-        return setup.threat.k
-
-    def proved(k: float) -> bool:
-        sub = AttackSetup.build(setup.victim, replace(setup.threat, k=k))
-        with torch.no_grad():
-            l, u = sub.bound(x, "crown", torch.float64, view64)
-        return bool(sub.certificate(float(l), float(u))["proved"])
-
-    lo, hi = 0.0, setup.threat.k
-    if not proved(1e-6 * hi):
-        return 0.0
-    for _ in range(iters):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if proved(mid) else (lo, mid)
-    return lo
-
-
-def _double(view: nn.Sequential) -> nn.Sequential:
-    import copy
-
-    return copy.deepcopy(view).double()
 
 
 def mean_point_pgd(victim: Victim, threat: ThreatModel) -> AttackResult:
     """Grey-box baseline: the same search on the single mean observation, no bounds.
 
-    Maximises how deep the policy's action at the normaliser mean lies inside a victim-free run.
+    Maximises how deep the policy's action at the normaliser mean lies inside a victim-free run
+    (:func:`fggm.core.attack.mean_point_search`).
 
     Example:
         >>> mean_point_pgd(victim, ThreatModel()).attack   # doctest: +SKIP
@@ -659,16 +548,9 @@ def mean_point_pgd(victim: Victim, threat: ThreatModel) -> AttackResult:
     """
     t0 = time.perf_counter()
     setup = AttackSetup.build(victim, threat)
-    obs = setup.mean_observation().unsqueeze(0)
-
-    def loss_fn(x: torch.Tensor) -> torch.Tensor:
-        mu = victim.view(setup.point(x, obs.expand(x.shape[0], -1)))
-        return setup.point_margin(mu.double())
-
-    x0 = _init(setup, threat.restarts, threat.seed)
-    best_x, best_loss, history, steps_done = _optimise(setup, loss_fn, x0, threat.steps, threat.step_rule,
-                                                       threat.step_size)
-    return _finish(setup, "mean-pgd", best_x, best_loss, history, steps_done, t0)
+    x0 = setup.controlled.init(threat.restarts, threat.seed)
+    s = mean_point_search(setup.problem, x0, threat.steps, threat.step_rule, threat.step_size)
+    return _finish(setup, "mean-pgd", s.x, s.loss, s.history, s.steps, t0)
 
 
 def random_forged(victim: Victim, threat: ThreatModel, power: dict[int, float] | None = None) -> AttackResult:
@@ -681,11 +563,8 @@ def random_forged(victim: Victim, threat: ThreatModel, power: dict[int, float] |
     """
     t0 = time.perf_counter()
     setup = AttackSetup.build(victim, threat)
-    gen = torch.Generator().manual_seed(threat.seed + 7919)
-    A, D = setup.mean_forged.shape
-    x = torch.randn(1, A, D, generator=gen)
-    p = torch.tensor([[(power or {}).get(u, setup.budget)] for u in threat.attackers], dtype=torch.float32)
-    x = x / x.norm(dim=-1, keepdim=True) * p.sqrt().unsqueeze(0)
+    p = torch.tensor([(power or {}).get(u, setup.budget) for u in threat.attackers], dtype=torch.float32)
+    x = setup.controlled.sample(1, threat.seed + 7919, p)
     with torch.no_grad():
-        loss = setup.run_costs(*[b.double() for b in setup.bound(x)]).min(-1).values
+        loss = setup.problem.loss(x)
     return _finish(setup, "random", x, loss, [float(loss)], 0, t0)

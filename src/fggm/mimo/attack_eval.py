@@ -21,12 +21,13 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
+from fggm.core.stats import block_means, bootstrap_drop
 from fggm.mimo.attack import (AttackResult, AttackSetup, ThreatModel, Victim, mean_point_pgd, random_forged,
                          run_fggm)
 from fggm.mimo.config import ChannelConfig, EnvConfig
 from fggm.mimo.evaluate import run_scheduler
 from fggm.mimo.physics import single_user_se
-from fggm.plots import plt, save_figure
+from fggm.plots import plot_drop_bars, plt, save_figure
 from fggm.mimo.schedulers import PolicyScheduler, Scheduler
 
 __all__ = ["ATTACKS", "OraclePGDScheduler", "evaluate_attacks", "craft_all", "run_demo", "run_sweep",
@@ -105,33 +106,6 @@ class OraclePGDScheduler(Scheduler):
         return self.policy.select(obs_mod, env)
 
 
-def bootstrap_drop(base: np.ndarray, attacked: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """Drop in % of the paired mean (``100 (1 - mean(attacked) / mean(base))``) and its 95% bootstrap CI.
-
-    Example:
-        >>> bootstrap_drop(np.array([2.0, 2.0, 2.0]), np.array([1.0, 1.0, 1.0]))
-        (50.0, 50.0, 50.0)
-    """
-    base, attacked = np.asarray(base, float), np.asarray(attacked, float)
-    point = 100.0 * (1.0 - attacked.mean() / max(base.mean(), 1e-12))
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(base), size=(n, len(base)))
-    b = base[idx].mean(1)
-    drops = 100.0 * (1.0 - attacked[idx].mean(1) / np.where(b > 0, b, 1e-12))
-    lo, hi = np.percentile(drops, [2.5, 97.5])
-    return float(point), float(lo), float(hi)
-
-
-def _block_means(per_tti: Sequence[float], ttis: int, n_seeds: int, block: int = BLOCK) -> np.ndarray:
-    """Means of consecutive blocks of ``block`` TTIs within each seed (the bootstrap's units).
-
-    Conditions run on identical channels, so block ``i`` of every condition is paired.
-    """
-    v = np.asarray(per_tti, dtype=float).reshape(n_seeds, ttis)
-    n = max(1, ttis // block)
-    return np.concatenate([np.array([c.mean() for c in np.array_split(row, n)]) for row in v])
-
-
 def _certified(res: AttackResult | None) -> bool | float:
     if res is None:
         return False
@@ -174,13 +148,13 @@ def evaluate_attacks(victim: Victim, threat: ThreatModel, attacks: Mapping[str, 
             raw[name].append(row)
             per_tti[name].extend(rec.victim_se)
             per_episode[name].append(np.asarray(row["episode_user_throughput"]))
-    base_v = _block_means(per_tti["none"], ttis, len(seeds))
+    base_v = block_means(per_tti["none"], ttis, len(seeds), BLOCK)
     rows = []
     for name in names:
         eps = np.concatenate(per_episode[name])
         vic = np.asarray(per_tti[name])
         att = eps[:, list(threat.attackers)].mean(1)
-        drop, lo, hi = (0.0, 0.0, 0.0) if name == "none" else bootstrap_drop(base_v, _block_means(vic, ttis, len(seeds)))
+        drop, lo, hi = (0.0, 0.0, 0.0) if name == "none" else bootstrap_drop(base_v, block_means(vic, ttis, len(seeds), BLOCK))
         r = raw[name]
         res = attacks.get(name)
         rows.append({
@@ -340,25 +314,15 @@ def _progress(enabled: bool, total: int, desc: str) -> Any:
 
 
 def plot_attack_drop(rows: Sequence[dict[str, Any]], png: str | Path) -> Path:
-    """Bar chart: victims' throughput drop (%) per attack with 95% bootstrap CIs.
+    """Bar chart: victims' throughput drop (%) per attack with 95% bootstrap CIs
+    (:func:`fggm.plots.plot_drop_bars` with the MU-MIMO labels).
 
     Example:
         >>> plot_attack_drop([{"attack": "fggm", "victim_drop_pct": 70.0, "ci95": [65, 75]}], "/tmp/d.png").name
         'd.png'
     """
-    rows = [r for r in rows if r["attack"] != "none"]
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    x = np.arange(len(rows))
-    drop = np.array([r["victim_drop_pct"] for r in rows])
-    err = np.array([[d - r["ci95"][0], r["ci95"][1] - d] for d, r in zip(drop, rows)]).T.reshape(2, -1)
-    colors = ["#c0392b" if r["attack"] == "fggm" else "#7f8c8d" for r in rows]
-    ax.bar(x, drop, yerr=err, color=colors, capsize=4)
-    ax.axhline(70, ls="--", lw=1, color="k")
-    ax.text(len(rows) - 0.5, 71, "paper: 70%", ha="right", va="bottom", fontsize=8)
-    ax.set_xticks(x, [r["attack"] for r in rows])
-    ax.set_ylabel("victims' throughput drop [%]")
-    ax.set_title("FGGM vs baselines (95% bootstrap CI)")
-    return save_figure(fig, png)
+    return plot_drop_bars(rows, png, key="victim_drop_pct", ci_key="ci95", ylabel="victims' throughput drop [%]",
+                          title="FGGM vs baselines (95% bootstrap CI)", target=70.0, target_label="paper: 70%")
 
 
 def plot_attack_cdf(per_tti: Mapping[str, Sequence[float]], png: str | Path) -> Path:
@@ -433,7 +397,7 @@ def default_scheduler() -> Path:
     here = Path("data/schedulers/smart16")
     if here.is_dir():
         return here
-    return Path(__file__).resolve().parents[2] / "data" / "schedulers" / "smart16"
+    return Path(__file__).resolve().parents[3] / "data" / "schedulers" / "smart16"
 
 
 def attack_table(rows: Sequence[dict[str, Any]], title: str = "attacks") -> Any:
