@@ -18,7 +18,7 @@ from rich.table import Table
 
 from .._cli import THREADS_HELP, check_out_dir, cli_errors, print_table, set_threads
 
-console = Console()
+console = Console(soft_wrap=True)  # lines are not broken at 80 columns when piped
 
 
 def _split(values: list[str] | None) -> list[str]:
