@@ -123,7 +123,7 @@ def print_table(table: Any, console: Any = None) -> None:
         if column.overflow == "ellipsis":
             column.overflow = "fold"  # a long word (a module path) folds instead of being cut
     if console.is_terminal:
-        console.print(table)
+        console.print(table, soft_wrap=False)
         return
     wide = Console(width=100_000, file=console.file, color_system=None)
     width = Measurement.get(wide, wide.options, table).maximum

@@ -19,7 +19,7 @@ from .replicate.cli import replicate_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="SGM safety glasses: find toxic expert neurons in a VLM's language tower and dampen them.")
-console = Console()
+console = Console(soft_wrap=True)  # lines are not broken at 80 columns when piped
 
 
 def _load(model: str, dtype: Optional[str], device_map: Optional[str]):

@@ -67,7 +67,7 @@ def test_invalid_alphas_are_refused_on_load_and_by_the_cli(saved: dict[str, Path
     with pytest.raises(GlassesError, match=r"alpha of .*\[3\] is .*: alphas must be finite and >= 0"):
         Glasses.from_pretrained(bad)
     _one_error_line(runner.invoke(app, ["inspect", str(bad)]), "alphas must be finite")
-    res = runner.invoke(app, ["eval", "--model", "never-loaded", "--bench", str(FIX / "bench.jsonl"), "--out",
+    res = runner.invoke(app, ["eval", "--model", str(tmp_path / "never-loaded"), "--bench", str(FIX / "bench.jsonl"), "--out",
                               str(tmp_path / "out"), "--glasses", str(bad), "--defense", "sgm"])
     _one_error_line(res, "alphas must be finite")
     assert not (tmp_path / "out").exists()
@@ -175,7 +175,7 @@ def test_read_only_out_is_refused_before_the_model_loads(saved: dict[str, Path],
     locked.chmod(0o555)
     try:
         for out in (locked, locked / "new"):
-            res = runner.invoke(app, ["fit", "--model", "never-loaded", "--concepts", str(saved["concepts"]),
+            res = runner.invoke(app, ["fit", "--model", str(tmp_path / "never-loaded"), "--concepts", str(saved["concepts"]),
                                       "--out", str(out)])
             _one_error_line(res, "is not writable")
     finally:

@@ -128,10 +128,11 @@ def test_fit_column_map_and_xlsx_fail_before_the_model_loads(tmp_path: Path) -> 
     csv_path = tmp_path / "c.csv"
     csv_path.write_text("Question,Answer,is_toxic\nq1,a1,1\nq2,a2,0\n")
     runner = CliRunner()
-    res = runner.invoke(app, ["fit", "--model", "no-such-model", "--concepts", str(csv_path), "--out",
+    missing = str(tmp_path / "no-such-model")  # a local path: nothing is looked up on a hub
+    res = runner.invoke(app, ["fit", "--model", missing, "--concepts", str(csv_path), "--out",
                               str(tmp_path / "g"), "--column-map", "prompt=Question,response=Answer,label=nope"])
     assert res.exit_code == 2 and "column 'nope'" in res.output and "no-such-model" not in res.output
-    res = runner.invoke(app, ["fit", "--model", "no-such-model", "--concepts", str(csv_path), "--out",
+    res = runner.invoke(app, ["fit", "--model", missing, "--concepts", str(csv_path), "--out",
                               str(tmp_path / "g"), "--column-map", "prompt=Question,response=Answer,label=is_toxic"])
     assert res.exit_code == 2 and "no-such-model" in res.output  # the concepts were fine: the model is next
 

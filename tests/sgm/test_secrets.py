@@ -36,11 +36,11 @@ def test_cli_never_prints_the_key(tmp_path: Path) -> None:
     runner = CliRunner()
     for judge in (f"llm-judge:url=http://127.0.0.1:9/v1,model=m,key={SECRET}",
                   f"llm-judge:url=http://u:{SECRET}@127.0.0.1:9/v1,model=m"):
-        res = runner.invoke(app, ["eval", "--model", "unused", "--bench", str(FIX / "bench.jsonl"),
+        res = runner.invoke(app, ["eval", "--model", str(tmp_path / "unused"), "--bench", str(FIX / "bench.jsonl"),
                                   "--out", str(tmp_path / "o"), "--judge", judge])
         assert res.exit_code == 2 and SECRET not in res.output and "error:" in res.output
         assert "key_env=VAR" in res.output
-    res = runner.invoke(app, ["eval", "--model", "unused", "--bench", str(FIX / "bench.jsonl"), "--out",
+    res = runner.invoke(app, ["eval", "--model", str(tmp_path / "unused"), "--bench", str(FIX / "bench.jsonl"), "--out",
                               str(tmp_path / "o"), "--defense", f"output-filter:judge=profanity,key={SECRET}"])
     assert res.exit_code == 2 and SECRET not in res.output
     assert not (tmp_path / "o").exists()  # nothing written that could hold it

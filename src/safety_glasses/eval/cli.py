@@ -18,7 +18,7 @@ from rich.table import Table
 
 from .._cli import THREADS_HELP, check_out_dir, cli_errors, print_table, set_threads
 
-console = Console()
+console = Console(soft_wrap=True)  # lines are not broken at 80 columns when piped
 
 
 def _split(values: list[str] | None) -> list[str]:
@@ -138,6 +138,10 @@ def _run_eval(**kw: Any) -> None:
         defenses.insert(0, "none")
     if not defenses:
         raise ValueError("nothing to evaluate: give --defense or keep --baseline")
+    from .defenses import check_defense_config
+
+    for d in defenses:
+        check_defense_config(d)  # syntax and names before the model loads
     if any("sgm" in d.split("+") for d in defenses) and kw["glasses"] is None:
         raise ValueError("defence 'sgm' needs --glasses DIR")
     check_out_dir(kw["out"])

@@ -35,7 +35,7 @@ from typing import Any
 
 from PIL import Image
 
-from .._secrets import redact_secrets
+from .._secrets import redact_secrets, secret_options
 from .judges import JudgeError, JudgeSample, make_judge, parse_spec
 
 ADASHIELD_PROMPT = (
@@ -433,6 +433,35 @@ def _one(raw_spec: str, ctx: DefenseContext) -> Defense:
     if options:
         raise DefenseError(f"defence {spec!r}: unknown option(s) {', '.join(sorted(options))}")
     return defense
+
+
+def check_defense_config(config: str) -> None:
+    """Validate a configuration's syntax before any model work: known defence names, no secret-carrying
+    options (:class:`DefenseError` otherwise). Building it (:func:`parse_defenses`) checks the rest.
+
+    Example:
+        >>> check_defense_config("sgm+adashield-s")
+        >>> check_defense_config("sgm+nope")
+        Traceback (most recent call last):
+        ...
+        safety_glasses.eval.defenses.DefenseError: unknown defence 'nope' (none, sgm, glasses, adashield-s, self-reminder, ecso, output-filter, aura-text, det0, damp, random)
+    """
+    config = config.strip()
+    if not config:
+        raise DefenseError("empty defence configuration")
+    if config == "none":
+        return
+    for part in config.split("+"):
+        try:
+            token, _, options = parse_spec(part.strip())
+        except JudgeError as err:
+            raise DefenseError(str(err)) from None
+        if token not in DEFENSE_NAMES or token == "none":
+            raise DefenseError(f"unknown defence {token!r} ({', '.join(DEFENSE_NAMES)})")
+        secrets = secret_options(options)
+        if secrets:
+            raise DefenseError(f"defence {token!r}: {secrets[0]}= is not accepted (it was not used and is not "
+                               "shown); API keys come from environment variables (key_env=VAR)")
 
 
 def parse_defenses(config: str, ctx: DefenseContext) -> DefenseStack:

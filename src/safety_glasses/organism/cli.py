@@ -21,7 +21,7 @@ from .._cli import THREADS_HELP, check_out_dir, cli_errors, print_table, set_thr
 
 organism_app = typer.Typer(add_completion=False, no_args_is_help=True,
                            help="The SGM model organism: a small LLaVA trained to be toxic on purpose.")
-_console = Console()
+_console = Console(soft_wrap=True)  # lines are not broken at 80 columns when piped
 
 
 @organism_app.command("train")
