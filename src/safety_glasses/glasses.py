@@ -29,7 +29,7 @@ from torch import nn
 
 from .hooks import WEAR_POSITIONS, scaled
 from .models import UnitSite, fold_site, model_identity
-from .strategies import compute_alphas
+from .strategies import compute_alphas, normalize_selection
 
 CONFIG_NAME = "glasses_config.json"
 WEIGHTS_NAME = "glasses.safetensors"
@@ -182,7 +182,7 @@ class Glasses:
                                "top_k": top_k, "damp_alpha": c.damp_alpha if damp_alpha is None else damp_alpha,
                                "seed": c.seed if seed is None else seed,
                                "clamp": c.clamp if clamp is None else clamp,
-                               "selection": c.selection if selection is None else selection})
+                               "selection": c.selection if selection is None else normalize_selection(selection)})
         if strategy == "random" and top_k is None and c.strategy == "aura" and c.top_k is not None:
             cfg.top_k = c.top_k
         alphas = compute_alphas(self.aurocs, strategy, threshold=cfg.threshold, top_k=cfg.top_k,
@@ -332,6 +332,6 @@ def new_glasses(model: nn.Module, sites: Sequence[UnitSite], aurocs: dict[str, t
                             clamp=clamp, selection=selection)
     cfg = GlassesConfig(strategy=strategy, sites=list(sites), unit_kind=sites[0].kind if sites else "act",
                         threshold=threshold, top_k=top_k, damp_alpha=damp_alpha, seed=seed, clamp=clamp,
-                        selection=selection, base_model=model_identity(model), **config)
+                        selection=normalize_selection(selection), base_model=model_identity(model), **config)
     return Glasses(cfg, alphas, aurocs)
 

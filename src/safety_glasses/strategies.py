@@ -65,6 +65,20 @@ def _ml_aura_mask(flat: torch.Tensor, top_k: int | None, threshold: float) -> to
     return flat > cut
 
 
+_SELECTION_ALIASES = {"topk": "top-k", "top_k": "top-k", "mlaura": "ml-aura", "ml_aura": "ml-aura"}
+
+
+def normalize_selection(selection: str) -> str:
+    """``top-k`` or ``ml-aura`` from their spellings (``top_k``, ``topk``, ``ml_aura``, ``mlaura``).
+
+    Example:
+        >>> normalize_selection("ml_aura")
+        'ml-aura'
+    """
+    key = str(selection).strip().lower()
+    return _SELECTION_ALIASES.get(key, key)
+
+
 def check_strategy(strategy: str, *, threshold: float = 0.5, top_k: int | None = None, damp_alpha: float = 0.5,
                    clamp: bool = True, selection: str = "top-k") -> list[str]:
     """Validate strategy settings (``ValueError`` on a bad one) before any work; returns the notes on
@@ -76,7 +90,7 @@ def check_strategy(strategy: str, *, threshold: float = 0.5, top_k: int | None =
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-    if selection not in SELECTIONS:
+    if normalize_selection(selection) not in SELECTIONS:
         raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
     if not 0.0 <= threshold < 1.0:
         raise ValueError(f"threshold must be in [0, 1), got {threshold}")
@@ -109,6 +123,7 @@ def compute_alphas(aurocs: dict[str, torch.Tensor], strategy: str = "aura", *, t
     for note in check_strategy(strategy, threshold=threshold, top_k=top_k, damp_alpha=damp_alpha, clamp=clamp,
                                selection=selection):
         warnings.warn(note, UserWarning, stacklevel=2)
+    selection = normalize_selection(selection)
     names, sizes, flat = _flatten(aurocs)
     n = flat.numel()
     if top_k is not None and top_k > n:
