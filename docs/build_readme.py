@@ -5,7 +5,7 @@
 
 from pathlib import Path
 
-ORDER = ["00-head", "sgm-organism", "sgm-core", "sgm-eval", "sgm-models", "sgm-concepts-expertise",
+ORDER = ["00-head", "sgm-organism", "sgm-core", "sgm-eval", "sgm-real", "sgm-models", "sgm-concepts-expertise",
          "fggm-victim", "fggm-attack", "fggm-knapsack", "90-results"]
 
 
