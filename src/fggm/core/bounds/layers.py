@@ -88,7 +88,10 @@ def parse(net: nn.Module, n_in: int, like: Tensor) -> tuple[list[Op], int]:
     width = n_in
 
     def vec(x: Tensor | float, n: int) -> Tensor:
-        t = torch.as_tensor(x).detach().to(device=like.device, dtype=like.dtype)
+        # a Python float goes straight to the box's dtype (not through float32: Hardtanh(-0.7)
+        # would otherwise clip at -0.69999998807907 in float64)
+        t = (x.detach() if isinstance(x, Tensor) else torch.tensor(x, dtype=torch.float64)).to(
+            device=like.device, dtype=like.dtype)
         return t.expand(n).clone() if t.dim() == 0 else t.reshape(n)
 
     def visit(m: nn.Module, where: str) -> None:

@@ -270,7 +270,7 @@ class Relaxation:
         self.live = ((aL != 0) | (aU != 0) | self.free_lower | self.free_upper).any(0).nonzero().flatten()
 
     def with_theta(self, theta_lower: Tensor | None, theta_upper: Tensor | None) -> Lines:
-        """Lines with the free slopes set from ``theta`` (``[batch, n, 2, R]``, clamped to ``[0, 1]``).
+        """Lines with the free slopes set from ``theta`` (``[batch, n, 2, R]``, in ``[0, 1]``).
 
         Returns ``(aL, bL, aU, bU)`` broadcastable to ``[batch, n, 2, R]``; neurons whose line is
         not free keep the default line.
@@ -278,11 +278,11 @@ class Relaxation:
         aL, bL, aU, bU = (t[..., None, None] for t in self.lines)
         if theta_lower is not None:
             m = self.free_lower[..., None, None]
-            s, c = self._free_line(theta_lower.clamp(0, 1), lower=True)
+            s, c = self._free_line(theta_lower, lower=True)
             aL, bL = torch.where(m, s, aL), torch.where(m, c, bL)
         if theta_upper is not None:
             m = self.free_upper[..., None, None]
-            s, c = self._free_line(theta_upper.clamp(0, 1), lower=False)
+            s, c = self._free_line(theta_upper, lower=False)
             aU, bU = torch.where(m, s, aU), torch.where(m, c, bU)
         return aL, bL, aU, bU
 
