@@ -154,7 +154,7 @@ def _cases(draw):
     return net, c - r, c + r, C, gen
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_cases())
 def test_sampled_outputs_lie_inside_every_bound(case) -> None:
     net, lo, up, C, gen = case
@@ -265,7 +265,7 @@ def test_float32_point_boxes_are_ordered_and_contain_the_exact_value() -> None:
             assert bool((lb.double() <= exact).all() and (exact <= ub.double()).all())
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), act=st.sampled_from(ACTS), radius=st.sampled_from([0.0, 1e-4, 0.1, 1.0]))
 def test_float32_bounds_contain_float64_outputs(seed: int, act: str, radius: float) -> None:
     """float32 bounds hold for the exact (float64) outputs of the same float32 net, with no tolerance."""
