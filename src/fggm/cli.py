@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fggm.mimo.config import ConfigError, EnvConfig, FggmConfig
@@ -28,7 +29,7 @@ app = typer.Typer(
 )
 console = Console()
 
-USER_ERRORS = (ConfigError, ValueError, FileNotFoundError, KeyError)
+USER_ERRORS = (ConfigError, ValueError, OSError, KeyError)  # OSError: unreadable or unwritable files
 
 
 def fail(message: str) -> None:
@@ -46,6 +47,42 @@ def _error_text(exc: BaseException) -> str:
     return (text.strip().splitlines() or [type(exc).__name__])[0]
 
 
+def check_out(path: Path, what: str = "--out", is_file: bool = False) -> None:
+    """Refuse an output path that cannot be written, before any expensive work.
+
+    ``is_file`` paths (a JSON) must not be folders; folder paths must not be files.  A probe file
+    is written and removed in the folder, or in its nearest existing parent when it does not
+    exist yet (nothing is created, so a refused run leaves nothing behind).
+
+    Example:
+        >>> import tempfile; d = Path(tempfile.mkdtemp())
+        >>> check_out(d / "run" / "sub")   # d is writable; nothing is created
+        >>> (d / "run").exists()
+        False
+        >>> _ = (d / "f").write_text("x")
+        >>> try:
+        ...     check_out(d / "f")
+        ... except ConfigError as e:
+        ...     print(e)                # doctest: +ELLIPSIS
+        --out .../f is a file, not a folder
+    """
+    import tempfile
+
+    if is_file and path.is_dir():
+        raise ConfigError(f"{what} {path} is a folder, not a file")
+    if not is_file and path.exists() and not path.is_dir():
+        raise ConfigError(f"{what} {path} is a file, not a folder")
+    folder = path.parent if is_file else path
+    existing = next((p for p in [folder, *folder.absolute().parents] if p.exists()), Path("/"))
+    if not existing.is_dir():
+        raise ConfigError(f"{what} {path} is not writable: {existing} is a file")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{what} {path} is not writable: {exc.strerror or exc}") from None
+
+
 @app.command()
 def train(
     config: Path = typer.Option(..., "--config", help="YAML/JSON config with 'env' and 'train' sections."),
@@ -61,6 +98,7 @@ def train(
         cfg = FggmConfig.from_file(config)
         if steps is not None and steps < 1:
             raise ConfigError("--steps must be >= 1")
+        check_out(out)
         manifest = run_train(cfg, out, steps=steps, seed=seed, progress=True, final_eval=not no_eval)
     except USER_ERRORS as exc:
         fail(_error_text(exc))
@@ -81,7 +119,8 @@ def results_table(rows: list[dict[str, Any]], title: str = "evaluation") -> Tabl
     """
     table = Table(title=title)
     for col in ("scheduler", "mean reward", "vs exhaustive", "sum SE [b/s/Hz]", "Jain", "min user SE"):
-        table.add_column(col, justify="left" if col == "scheduler" else "right")
+        # escape: rich would read "[b/s/Hz]" as a markup tag and drop it
+        table.add_column(escape(col), justify="left" if col == "scheduler" else "right")
     best = next((r["mean_reward"] for r in rows if r["scheduler"] == "exhaustive"), None)
     for r in rows:
         ratio = f"{100 * r['mean_reward'] / best:.1f}%" if best else "-"
@@ -149,6 +188,7 @@ def evaluate(
         if ttis < 1:
             raise ConfigError("--ttis must be >= 1")
         env_cfg = FggmConfig.from_file(config).env if config is not None else None
+        check_out(out)
         scheds, env_cfg = resolve_schedulers(list(scheduler), env_cfg, seed)
         rows = evaluate_schedulers(env_cfg, scheds, ttis, seed, progress=True)
     except USER_ERRORS as exc:
@@ -185,6 +225,7 @@ def _evaluate_attack(attack: Path, scheduler: list[str], ttis: int, seed: int, o
             raise ConfigError("--ttis must be >= 1")
         if len(scheduler) > 1:
             raise ConfigError("--attack takes at most one --scheduler (the attacked checkpoint)")
+        check_out(out)
         result = evaluate_attack_file(attack, scheduler[0] if scheduler else None, ttis=ttis,
                                       seeds=(seed, seed + 1, seed + 2), oracle=oracle, out_dir=out, progress=True)
     except USER_ERRORS as exc:
@@ -221,6 +262,7 @@ def attack(
         tm = ThreatModel(attackers=_users(attackers, "--attackers"), victims=_users(victims, "--victims"), k=k,
                          domain=domain, step_rule=step_rule, steps=steps, step_size=step_size, restarts=restarts,
                          power_budget=power_budget, seed=seed)
+        check_out(out, is_file=True)
         victim = Victim.load(scheduler or default_scheduler())
         AttackSetup.build(victim, tm)  # validate users and sizes before the progress bar starts
         from tqdm.auto import tqdm
@@ -269,6 +311,7 @@ def sweep(
             raise ConfigError("--ttis, --seeds and --max-attackers must be >= 1")
         vic = _users(victims, "--victims")
         base = ThreatModel(victims=vic, steps=steps)
+        check_out(out)
         victim = Victim.load(scheduler or default_scheduler())
         result = run_sweep(victim, attacker_counts=tuple(range(1, max_attackers + 1)), ks=_floats(ks, "--k"),
                            channel_models=tuple(c.strip() for c in channels.split(",") if c.strip()), victims=vic,
@@ -308,6 +351,7 @@ def demo(
         if ttis < 1 or seeds < 1:
             raise ConfigError("--ttis and --seeds must be >= 1")
         tm = ThreatModel(attackers=_users(attackers, "--attackers"), victims=_users(victims, "--victims"), k=k)
+        check_out(out)
         victim = Victim.load(scheduler or default_scheduler())
         result = run_demo(victim, tm, ttis=ttis, seeds=tuple(range(101, 101 + seeds)), out_dir=out, progress=True)
     except USER_ERRORS as exc:

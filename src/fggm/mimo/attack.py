@@ -454,9 +454,13 @@ class AttackResult:
 
     def save(self, path: str | Path) -> Path:
         """Write ``attack.json`` (parents created); returns the path."""
+        from fggm.mimo.safe_load import scheduler_ref
+
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(json.dumps(self.to_dict(), indent=2))
+        d = self.to_dict()
+        d["scheduler"] = scheduler_ref(self.scheduler, p.parent)  # resolvable from the file's folder
+        p.write_text(json.dumps(d, indent=2))
         return p
 
     @classmethod
