@@ -15,7 +15,7 @@ $(PY):
 # that the package's torch range is already satisfied and nothing pulls a CUDA build.
 $(STAMP): $(PY) pyproject.toml
 	$(PIP) install -q "torch==2.13.0"
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q -e ".[dev,bench]"
 	# The toxicity judge's weights; --no-deps: its declared TensorFlow dependency is not needed (h5py reads them).
 	$(PIP) install -q --no-deps "toxic-comment-classifier==0.3.0"
 	@touch $(STAMP)
