@@ -375,13 +375,28 @@ from fggm.knapsack.cli import app as knapsack_app  # noqa: E402  (the knapsack p
 app.add_typer(knapsack_app, name="knapsack")
 
 
-def main() -> None:
-    """Console-script entry point (``fggm``)."""
+def main(args: Optional[list[str]] = None) -> None:
+    """Console-script entry point (``fggm``): usage errors (an unknown option, ``--ttis abc``) are one
+    ``error: ...`` line and exit code 2, as every other bad input; a bare ``fggm`` prints the help.
+
+    Example:
+        >>> main(["evaluate", "--help"])  # doctest: +SKIP
+    """
+    click_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
     try:
-        app()
-    except KeyboardInterrupt:
+        code = typer.main.get_command(app).main(args=args, standalone_mode=False)
+    except click_error as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            app(args)
+            return
+        ctx = getattr(exc, "ctx", None)
+        where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        typer.echo(f"error: {' '.join(exc.format_message().split())}{where}", err=True)
+        sys.exit(getattr(exc, "exit_code", 2) or 2)
+    except (KeyboardInterrupt, EOFError):
         typer.echo("error: interrupted", err=True)
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
