@@ -17,7 +17,6 @@ from fggm.mimo.config import ChannelConfig, ConfigError, EnvConfig, FggmConfig, 
 from fggm.mimo.env import MuMimoEnv, observation_indices
 from fggm.mimo.heads import ActionHead
 from fggm.mimo.physics import SubsetCodec
-from fggm.mimo.scores_policy import ScoresPolicy, SetLinear, UserFeatures
 
 __all__ = [
     "ActionHead",
@@ -33,3 +32,14 @@ __all__ = [
     "UserFeatures",
     "observation_indices",
 ]
+
+_LAZY = {"ScoresPolicy", "SetLinear", "UserFeatures"}
+
+
+def __getattr__(name: str) -> object:
+    """``fggm.ScoresPolicy`` and friends, imported on first use (they pull in torch and SB3)."""
+    if name in _LAZY:
+        from fggm.mimo import scores_policy
+
+        return getattr(scores_policy, name)
+    raise AttributeError(f"module 'fggm' has no attribute {name!r}")

@@ -100,11 +100,15 @@ def collect_states(env_config: EnvConfig, n_states: int, seeds: Sequence[int], p
         out[n:n + take] = obs[:take]
         n += take
         actions = policy(obs) if policy is not None else None
+        if actions is None:  # the teacher, for the whole batch at once
+            from fggm.mimo.teacher import marginal_scores
+
+            top = np.argsort(-marginal_scores(obs, env_config, rule.rho, rule.w), axis=1, kind="stable")[:, :env_config.max_scheduled]
         for i, env in enumerate(envs):
             if rng.random() < epsilon:
                 idx = int(rng.integers(env.codec.n))
             elif actions is None:
-                idx = rule.select(obs[i], env)
+                idx = env.codec.subset_to_index(top[i])
             else:
                 idx = env.action_to_index(actions[i])
             o, _, term, trunc, _ = env.step_index(idx)
@@ -206,6 +210,10 @@ def behaviour_clone(model: Any, vecnormalize: Any, config: Any, progress: bool =
 
         bar = tqdm(total=total, desc="BC warm start: rollouts", unit="state", mininterval=2.0)
     step = bar.update if bar is not None else None
+
+    def on_epoch(epoch: int, loss: float) -> None:
+        if bar is not None:
+            bar.set_postfix_str(f"cloning epoch {epoch}, loss {loss:.3f}")
     seeds = list(range(tc.bc_seed, tc.bc_seed + tc.bc_envs))
     states = collect_states(env, tc.bc_states, seeds, w=tc.bc_teacher_w, epsilon=tc.bc_epsilon, rng_seed=tc.bc_seed,
                             on_step=step)
@@ -213,7 +221,7 @@ def behaviour_clone(model: Any, vecnormalize: Any, config: Any, progress: bool =
         vecnormalize.obs_rms.update(states.astype(np.float64))
         pool_user_statistics(vecnormalize.obs_rms, env.num_antennas, env.num_users)
     rounds = [clone_actor(model, vecnormalize, states, env, w=tc.bc_teacher_w, epochs=tc.bc_epochs, lr=tc.bc_lr,
-                          seed=tc.seed, log_std=tc.log_std_init)]
+                          seed=tc.seed, log_std=tc.log_std_init, on_epoch=on_epoch)]
     used = list(seeds)
     for d in range(tc.bc_dagger_rounds):
         block = list(range(tc.bc_seed + tc.bc_envs * (d + 1), tc.bc_seed + tc.bc_envs * (d + 2)))
@@ -222,7 +230,7 @@ def behaviour_clone(model: Any, vecnormalize: Any, config: Any, progress: bool =
                                w=tc.bc_teacher_w, rng_seed=block[0], on_step=step)
         states = np.concatenate([states, extra])
         rounds.append(clone_actor(model, vecnormalize, states, env, w=tc.bc_teacher_w, epochs=max(1, tc.bc_epochs // 2),
-                                  lr=tc.bc_lr / 2, seed=tc.seed + d + 1, log_std=tc.log_std_init))
+                                  lr=tc.bc_lr / 2, seed=tc.seed + d + 1, log_std=tc.log_std_init, on_epoch=on_epoch))
     if bar is not None:
         bar.close()
     return {"teacher": {"rule": "marginal_scores", "w": tc.bc_teacher_w, "epsilon": tc.bc_epsilon},

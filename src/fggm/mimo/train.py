@@ -220,18 +220,6 @@ def train(
     train_seeds = replace(tc, seed=seed).train_seeds()
     t0 = time.time()
     state: dict[str, Any] = {"best": -np.inf, "best_step": 0, "saved": False}
-    warm_start: dict[str, Any] | None = None
-    if scores and tc.bc_states > 0:
-        from fggm.mimo.bc import behaviour_clone
-
-        warm_start = behaviour_clone(model, vecnorm, config, progress=progress)
-        vecnorm.training = False
-        val_r = _quick_eval(model, vecnorm, config.env, val_ttis, val_seed)
-        warm_start["val_reward"] = val_r
-        state.update(best=val_r, best_step=0, saved=True)
-        save_checkpoint(model, vecnorm, out)
-    train_norm = not (scores and tc.freeze_normaliser)
-    vecnorm.training = train_norm
 
     def _write_manifest(steps_done: int, complete: bool) -> dict[str, Any]:
         manifest: dict[str, Any] = {
@@ -265,6 +253,20 @@ def train(
         (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
         return manifest
 
+    warm_start: dict[str, Any] | None = None
+    if scores and tc.bc_states > 0:
+        from fggm.mimo.bc import behaviour_clone
+
+        warm_start = behaviour_clone(model, vecnorm, config, progress=progress)
+        vecnorm.training = False
+        val_r = _quick_eval(model, vecnorm, config.env, val_ttis, val_seed)
+        warm_start["val_reward"] = val_r
+        state.update(best=val_r, best_step=0, saved=True)
+        save_checkpoint(model, vecnorm, out)
+        _write_manifest(0, complete=False)
+    train_norm = not (scores and tc.freeze_normaliser)
+    vecnorm.training = train_norm
+
     class _Logger(BaseCallback):
         def __init__(self) -> None:
             super().__init__()
@@ -272,6 +274,8 @@ def train(
             self.fh = open(log_path, "w", newline="")
             self.writer = csv.writer(self.fh)
             self.writer.writerow(["step", "wall_s", "reward_mean", "val_reward", "actor_loss", "critic_loss", "ent_coef"])
+            if warm_start is not None:  # step 0: the behaviour-cloned policy before any SAC update
+                self.writer.writerow([0, f"{time.time() - t0:.1f}", "nan", f"{warm_start['val_reward']:.5f}", "nan", "nan", "nan"])
             self.bar = None
             if progress:
                 from tqdm.auto import tqdm
