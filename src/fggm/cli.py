@@ -159,6 +159,9 @@ def evaluate(
         None, "--attack", help="attack.json from `fggm attack`: evaluate it (seeds SEED..SEED+2) vs no attack and random CSI."
     ),
     oracle: bool = typer.Option(False, "--oracle", help="With --attack: add the white-box oracle PGD upper bound."),
+    channel: Optional[str] = typer.Option(
+        None, "--channel", help="Evaluate on another channel model (rayleigh, correlated, one-ring) than the config's "
+                                "or checkpoint's, without retraining."),
     allow_seen_seeds: bool = typer.Option(
         False, "--allow-seen-seeds", help="Evaluate even on a seed a checkpoint trained on (warns; rows marked seen_seeds)."),
     threads: int = typer.Option(1, "--threads", help="torch CPU threads."),
@@ -181,6 +184,17 @@ def evaluate(
             raise ConfigError("--ttis must be >= 1")
         env_cfg = FggmConfig.from_file(config).env if config is not None else None
         seen = _check_seeds([n for n in scheduler if Path(n).is_dir()], [seed], allow_seen_seeds)
+        if channel is not None:
+            from dataclasses import replace
+
+            from fggm.mimo.config import ChannelConfig
+            from fggm.mimo.train import load_config_for_dir
+
+            dirs = [n for n in scheduler if Path(n).is_dir()]
+            base = env_cfg or (load_config_for_dir(dirs[0]) if dirs else EnvConfig())
+            if channel == "umi":
+                raise ConfigError("--channel umi needs a trace file: use --config with env.channel.trace_file")
+            env_cfg = replace(base, channel=ChannelConfig(**{**FggmConfig(env=base).to_dict()["env"]["channel"], "model": channel}))
         scheds, env_cfg = resolve_schedulers(list(scheduler), env_cfg, seed)
         rows = evaluate_schedulers(env_cfg, scheds, ttis, seed, progress=True)
     except USER_ERRORS as exc:

@@ -130,3 +130,17 @@ def test_bad_head_configs_give_one_clear_error(env: dict, msg: str) -> None:
 def test_bad_training_configs_give_one_clear_error(train: dict, msg: str) -> None:
     with pytest.raises(ConfigError, match=msg):
         FggmConfig.from_dict({"env": {"num_antennas": 4, "num_users": 4, "max_scheduled": 2}, "train": train})
+
+
+def test_shipped_smart16_keeps_its_numbers() -> None:
+    """The faithful SMART victim still loads as the subset head with the `all` normaliser, and its
+    evaluation is unchanged (reference values measured with the code before the v2 heads existed)."""
+    from fggm.schedulers import PolicyScheduler
+    from fggm.train import load_scheduler
+
+    model, vecnorm, cfg = load_scheduler("data/schedulers/smart16", EnvConfig())
+    assert cfg.action_head == "subset" and cfg.normaliser == "all" and model.action_space.shape == (1,)
+    row = run_scheduler(cfg, PolicyScheduler(model, vecnorm), 60, seed=7)
+    assert row["mean_reward"] == pytest.approx(1.9599809734134201, rel=1e-6)
+    assert row["sum_se"] == pytest.approx(29.27123930300165, rel=1e-6)
+    assert run_scheduler(cfg, make_scheduler("exhaustive"), 60, seed=7)["mean_reward"] == pytest.approx(1.9109789319086503, rel=1e-9)

@@ -304,7 +304,9 @@ def train(
                     val_r = _quick_eval(model, vecnorm, config.env, val_ttis, val_seed)
                     vecnorm.training = train_norm
                     val = f"{val_r:.5f}"
-                    if val_r > state["best"]:
+                    # ties (the deterministic policy unchanged, e.g. while the critic warms up) keep the later
+                    # checkpoint: same actions, a critic trained longer
+                    if val_r >= state["best"]:
                         state["best"], state["best_step"], state["saved"] = val_r, n, True
                         save_checkpoint(model, vecnorm, out)
                         _write_manifest(n, complete=False)
