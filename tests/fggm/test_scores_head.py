@@ -127,6 +127,10 @@ def test_attacker_view_is_a_bounded_sequential_reproducing_scores(scores_run) ->
     with torch.no_grad():
         got = view_to_action(view(torch.as_tensor(obs))).numpy()
     np.testing.assert_allclose(got, expected, atol=1e-5)
+    # folded (one Linear per shared layer) is the same function
+    with torch.no_grad():
+        folded = view_to_action(extract_scores_policy(model, vecnorm, fold=True)(torch.as_tensor(obs))).numpy()
+    np.testing.assert_allclose(folded, expected, atol=1e-5)
     # the loader picks the scores view from the directory
     with torch.no_grad():
         again = load_attacker_view(out)(torch.as_tensor(obs))
@@ -182,3 +186,60 @@ def test_bad_scores_config_is_one_line_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="needs env.action_head: scores"):
         FggmConfig.from_dict({"env": {"num_antennas": 4, "num_users": 4, "max_scheduled": 2},
                               "train": {"critic_warmup_steps": 10}})
+
+
+def test_shipped_v2_checkpoint() -> None:
+    """data/schedulers/smart16-scores: plain SB3 loading, its manifest, the view to 1e-5, equivariance."""
+    from stable_baselines3 import SAC
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    import fggm
+    from fggm.config import EnvConfig
+    from fggm.policy import load_attacker_view
+
+    d = Path("data/schedulers/smart16-scores")
+    manifest = json.loads((d / "manifest.json").read_text())
+    assert manifest["action_head"] == "scores" and manifest["config"]["env"]["score_rule"] == "top_s"
+    train_seeds = set(manifest["train_seeds"])
+    assert {3000, 3001, 3002, 3003} <= train_seeds and not train_seeds & {7, 2024, 12345, 101}
+    assert (d / "sac.zip").stat().st_size < 1_000_000  # no replay buffer, no optimiser moments
+    cfg = EnvConfig(**{k: v for k, v in manifest["config"]["env"].items() if k != "channel"})
+    model = SAC.load(d / "sac.zip", device="cpu")
+    assert isinstance(model.policy, fggm.ScoresPolicy) and isinstance(model.actor.features_extractor, fggm.UserFeatures)
+    vecnorm = VecNormalize.load(str(d / "vecnormalize.pkl"), DummyVecEnv([lambda: MuMimoEnv(cfg)]))
+    vecnorm.training = False
+    env = MuMimoEnv(cfg)
+    obs, _ = env.reset(seed=77)
+    batch = []
+    sched = PolicyScheduler(model, vecnorm)
+    for _ in range(40):
+        batch.append(obs)
+        obs, *_ = env.step_index(sched.select(obs, env))
+    batch = np.stack(batch)
+    expected, _ = model.predict(vecnorm.normalize_obs(batch), deterministic=True)
+    with torch.no_grad():
+        got = torch.tanh(load_attacker_view(d)(torch.as_tensor(batch))).numpy()
+    # float32: the view and SB3 round differently (SB3's own float32 scores are ~1.6e-5 from exact)
+    np.testing.assert_allclose(got, expected, atol=5e-5)
+    # float64: the view is exactly the policy's function (normaliser, clip, shared network)
+    import copy
+
+    from fggm.policy import extract_scores_policy
+
+    exact_in = np.clip((batch.astype(np.float64) - vecnorm.obs_rms.mean) / np.sqrt(vecnorm.obs_rms.var + vecnorm.epsilon),
+                       -vecnorm.clip_obs, vecnorm.clip_obs)
+    actor64 = copy.deepcopy(model.actor).double()
+    with torch.no_grad():
+        ref = actor64.mu(actor64.latent_pi(actor64.features_extractor(torch.as_tensor(exact_in))))
+        v64 = extract_scores_policy(model, vecnorm, dtype=torch.float64)(torch.as_tensor(batch, dtype=torch.float64))
+    torch.testing.assert_close(v64, ref, atol=1e-9, rtol=0)
+    perm = np.random.default_rng(0).permutation(16)
+    M16 = 16
+    su, hist = batch[:, :16], batch[:, 16:32]
+    re, im = batch[:, 32:32 + 256].reshape(-1, 16, M16), batch[:, 288:].reshape(-1, 16, M16)
+    permuted = np.concatenate([su[:, perm], hist[:, perm], re[:, perm].reshape(-1, 256), im[:, perm].reshape(-1, 256)], axis=1)
+    ap, _ = model.predict(vecnorm.normalize_obs(permuted), deterministic=True)
+    np.testing.assert_allclose(ap, expected[:, perm], atol=5e-5)  # float32: the user mean sums in another order
+    with torch.no_grad():
+        v64p = extract_scores_policy(model, vecnorm, dtype=torch.float64)(torch.as_tensor(permuted, dtype=torch.float64))
+    torch.testing.assert_close(v64p, v64[:, perm], atol=1e-9, rtol=0)  # exactly equivariant

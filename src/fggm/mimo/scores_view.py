@@ -45,23 +45,70 @@ def is_scores_model(sac_model: Any) -> bool:
     return isinstance(getattr(sac_model, "actor", None), ScoresActor)
 
 
-def _gathered_first_layer(layer: SetLinear, perm: np.ndarray) -> nn.Linear:
-    """``layer.to_linear()`` applied after the user-major gather ``x[:, perm]``: columns scattered back."""
-    lin = layer.to_linear()
-    weight = torch.zeros_like(lin.weight)
-    weight[:, torch.as_tensor(perm)] = lin.weight
-    out = nn.Linear(lin.in_features, lin.out_features)
+def _frozen_linear(weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype = torch.float32) -> nn.Linear:
+    lin = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=dtype)
     with torch.no_grad():
-        out.weight.copy_(weight)
-        out.bias.copy_(lin.bias)
-    out.requires_grad_(False)
-    return out
+        lin.weight.copy_(weight.to(dtype))
+        if bias is not None:
+            lin.bias.copy_(bias.to(dtype))
+    lin.requires_grad_(False)
+    return lin
 
 
-def extract_scores_policy(sac_model: Any, vecnormalize: Any) -> nn.Sequential:
+def _context_layer(num_users: int, fin: int, perm: np.ndarray | None = None, dtype: torch.dtype = torch.float32) -> nn.Linear:
+    """0/1 and 1/K weights: user-major ``[x_k]`` -> ``[x_k, mean_j x_j]`` per user (``perm``: gather
+    from the raw observation layout first)."""
+    K = num_users
+    eye = torch.eye(fin, dtype=torch.float64)
+    own = torch.kron(torch.eye(K, dtype=torch.float64), eye)                    # [K*fin, K*fin]
+    mean = torch.kron(torch.full((K, K), 1.0 / K, dtype=torch.float64), eye)    # [K*fin, K*fin]
+    w = torch.cat([own.view(K, fin, K * fin), mean.view(K, fin, K * fin)], dim=1).reshape(2 * K * fin, K * fin)
+    if perm is not None:  # the layer reads the raw observation: column perm[i] holds user-major entry i
+        raw = torch.zeros_like(w)
+        raw[:, torch.as_tensor(perm)] = w
+        w = raw
+    return _frozen_linear(w, None, dtype)
+
+
+def _shared_layer(layer: SetLinear, dtype: torch.dtype = torch.float32) -> nn.Linear:
+    """Block-diagonal ``kron(I_K, [W_self, W_pool])`` on ``[x_k, mean_j x_j]`` per user, bias repeated."""
+    K = layer.num_users
+    w_self = layer.self_linear.weight.detach().cpu().double()
+    w_pool = layer.pool_linear.weight.detach().cpu().double() if layer.pool_linear is not None else None
+    block = torch.cat([w_self, w_pool], dim=1) if w_pool is not None else w_self
+    weight = torch.kron(torch.eye(K, dtype=torch.float64), block)
+    return _frozen_linear(weight, layer.self_linear.bias.detach().cpu().double().repeat(K), dtype)
+
+
+def _folded_layer(layer: SetLinear, perm: np.ndarray | None, dtype: torch.dtype = torch.float32) -> nn.Linear:
+    """``kron(I_K, W_self) + kron(ones/K, W_pool)`` in one ``Linear`` (``perm``: applied after the
+    user-major gather ``x[:, perm]``, i.e. columns scattered back to the raw layout)."""
+    K = layer.num_users
+    weight = torch.kron(torch.eye(K, dtype=torch.float64), layer.self_linear.weight.detach().cpu().double())
+    if layer.pool_linear is not None:
+        weight = weight + torch.kron(torch.full((K, K), 1.0 / K, dtype=torch.float64),
+                                     layer.pool_linear.weight.detach().cpu().double())
+    if perm is not None:
+        raw = torch.zeros_like(weight)
+        raw[:, torch.as_tensor(perm)] = weight
+        weight = raw
+    return _frozen_linear(weight, layer.self_linear.bias.detach().cpu().double().repeat(K), dtype)
+
+
+def extract_scores_policy(sac_model: Any, vecnormalize: Any, fold: bool = False,
+                          dtype: torch.dtype = torch.float32) -> nn.Sequential:
     """Normaliser + shared per-user actor of a scores-head SAC model as one ``nn.Sequential``.
 
-    Output ``[B, K]``: pre-tanh score means. Float32, CPU, no trainable parameters, eval mode.
+    Output ``[B, K]``: pre-tanh score means. ``dtype`` (float32 default), CPU, no trainable
+    parameters, eval mode.
+    ``fold=False`` (default) writes each shared layer as two ``Linear``: a fixed context map
+    ``x_k -> [x_k, mean_j x_j]`` (0/1 and 1/K weights; the first one also gathers the raw
+    observation user-major) and the block-diagonal ``kron(I_K, [W_self, W_pool])``, so the float32
+    arithmetic is the policy's own (agrees with SB3 to float32 rounding). ``fold=True`` multiplies
+    each pair into one ``Linear`` (``kron(I_K, W_self) + kron(ones/K, W_pool)``): the same function,
+    fewer layers, float32 sums in another order (differences of a few 1e-5 on a trained net).
+    ``dtype=torch.float64`` builds every layer from the float64 statistics and exact weights: the
+    policy's function without float32 rounding (what a float64 bound check wants).
 
     Example:
         >>> view = extract_scores_policy(model, vecnorm)       # doctest: +SKIP
@@ -81,14 +128,27 @@ def extract_scores_policy(sac_model: Any, vecnormalize: Any) -> nn.Sequential:
         if mean.shape[0] != obs_dim:
             raise ValueError(f"normaliser has {mean.shape[0]} features, the policy expects {obs_dim}")
         scale = 1.0 / np.sqrt(var + float(vecnormalize.epsilon))
-        layers.append(Affine(torch.tensor(scale, dtype=torch.float32), torch.tensor(-mean * scale, dtype=torch.float32)))
+        affine = Affine(torch.tensor(scale, dtype=torch.float32), torch.tensor(-mean * scale, dtype=torch.float32))
+        affine.scale = torch.tensor(scale, dtype=dtype)  # the buffers at full precision of ``dtype``
+        affine.shift = torch.tensor(-mean * scale, dtype=dtype)
+        layers.append(affine)
         clip = float(vecnormalize.clip_obs)
         layers.append(nn.Hardtanh(-clip, clip))
     perm = user_major_index(M, K)
     first = True
     for m in list(actor.latent_pi) + [actor.mu]:
         if isinstance(m, SetLinear):
-            layers.append(_gathered_first_layer(m, perm) if first else m.to_linear())
+            if fold:
+                layers.append(_folded_layer(m, perm if first else None, dtype))
+            elif m.pool_linear is not None:
+                layers += [_context_layer(K, m.fin, perm if first else None, dtype), _shared_layer(m, dtype)]
+            else:  # no pooled term (the score layer): block-diagonal only; gather first if it is the first
+                if first:
+                    eye = torch.eye(K * m.fin, dtype=torch.float64)
+                    gather = torch.zeros_like(eye)
+                    gather[:, torch.as_tensor(perm)] = eye
+                    layers.append(_frozen_linear(gather, None, dtype))
+                layers.append(_shared_layer(m, dtype))
             first = False
         elif isinstance(m, nn.ReLU):
             layers.append(nn.ReLU())
