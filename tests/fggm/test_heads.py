@@ -126,6 +126,7 @@ def test_bad_head_configs_give_one_clear_error(env: dict, msg: str) -> None:
     ({"ent_coef": "automatic"}, "ent_coef"),
     ({"ent_coef": -0.1}, "ent_coef"),
     ({"bc_epsilon": 2.0}, "bc_epsilon"),
+    ({"freeze_normaliser": True}, "freeze_normaliser needs a BC warm start"),
 ])
 def test_bad_training_configs_give_one_clear_error(train: dict, msg: str) -> None:
     with pytest.raises(ConfigError, match=msg):

@@ -139,6 +139,16 @@ class EnvConfig:
 class TrainConfig:
     """Stable-Baselines3 SAC settings (``VecNormalize`` wraps the environment).
 
+    Beyond SB3's own (``learning_rate``, ``gamma``, ``ent_coef`` ...):
+        net_arch: hidden widths (for the scores head: of the shared per-user layers).
+        val_ttis: validation TTIs per check (default ``min(eval_ttis, episode_length)``).
+        bc_states, bc_epochs, bc_dagger_rounds, bc_teacher_w, bc_lr, bc_epsilon, bc_seed, bc_envs:
+            the scores head's behaviour-cloning warm start from the marginal-reward rule
+            (:func:`fggm.mimo.bc.behaviour_clone`; ``bc_states = 0``: none).
+        log_std_init: the actor's log-std after cloning (initial exploration).
+        critic_warmup_steps: SAC steps after ``learning_starts`` with the actor frozen.
+        freeze_normaliser: keep the observation statistics fixed at the teacher's during SAC.
+
     Example:
         >>> TrainConfig(total_steps=500).net_arch
         (512, 512)
@@ -235,6 +245,8 @@ class FggmConfig:
                "train.bc_states > 0 (a behaviour-cloning warm start) needs env.action_head: scores")
         _check(self.train.critic_warmup_steps == 0 or self.env.action_head == "scores",
                "train.critic_warmup_steps needs env.action_head: scores (it follows the BC warm start)")
+        _check(not self.train.freeze_normaliser or self.train.bc_states > 0,
+               "train.freeze_normaliser needs a BC warm start (train.bc_states > 0): the statistics are frozen at the teacher's")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FggmConfig":

@@ -196,7 +196,6 @@ def train(
     vecnorm = VecNormalize(venv, norm_obs=tc.norm_obs, norm_reward=tc.norm_reward, clip_obs=tc.clip_obs, gamma=tc.gamma)
     scores = config.env.action_head == "scores"
     policy, policy_kwargs = _policy_for(config)
-    learning_starts = tc.learning_starts
     model = SAC(
         policy,
         vecnorm,
@@ -207,7 +206,7 @@ def train(
         tau=tc.tau,
         train_freq=tc.train_freq,
         gradient_steps=tc.gradient_steps,
-        learning_starts=min(learning_starts, max(steps - 1, 0)),
+        learning_starts=min(tc.learning_starts, max(steps - 1, 0)),
         policy_kwargs=policy_kwargs,
         ent_coef=tc.ent_coef,
         seed=seed,
@@ -257,7 +256,7 @@ def train(
     if scores and tc.bc_states > 0:
         from fggm.mimo.bc import behaviour_clone
 
-        warm_start = behaviour_clone(model, vecnorm, config, progress=progress)
+        warm_start = behaviour_clone(model, vecnorm, replace(config, train=replace(tc, seed=seed)), progress=progress)
         vecnorm.training = False
         val_r = _quick_eval(model, vecnorm, config.env, val_ttis, val_seed)
         warm_start["val_reward"] = val_r
@@ -293,8 +292,10 @@ def train(
                 from fggm.mimo.bc import pool_user_statistics
 
                 pool_user_statistics(vecnorm.obs_rms, config.env.num_antennas, config.env.num_users)
-            if scores and tc.critic_warmup_steps > 0 and n >= model.learning_starts + tc.critic_warmup_steps:
+            if (scores and tc.critic_warmup_steps > 0 and not state.get("actor_released")
+                    and n >= model.learning_starts + tc.critic_warmup_steps):
                 model.actor.requires_grad_(True)
+                state["actor_released"] = n
             if self.bar is not None:
                 self.bar.update(self.training_env.num_envs)
             if n % tc.log_interval < self.training_env.num_envs or n >= steps:
