@@ -177,6 +177,8 @@ def evaluate(
         fail("--threads must be >= 1")
     torch.set_num_threads(threads)
     if attack is not None:
+        if channel is not None or config is not None:
+            fail("--channel and --config do not apply to --attack (the attack file fixes the environment)")
         _evaluate_attack(attack, scheduler, ttis, seed, out, oracle, allow_seen_seeds)
         return
     try:
