@@ -357,7 +357,7 @@ def final_evaluation(ckpt_dir: str | Path, env_config: EnvConfig, ttis: int, see
     model, vecnorm, _ = load_scheduler(ckpt_dir, env_config)
     scheds = [PolicyScheduler(model, vecnorm, name="sac")] + [make_scheduler(b, seed) for b in BASELINES]
     rows = evaluate_schedulers(env_config, scheds, ttis, seed, progress=progress)
-    summary = {r["scheduler"]: {k: r[k] for k in ("mean_reward", "sum_se", "jain")} for r in rows}
+    summary = {r["scheduler"]: {k: r[k] for k in ("mean_reward", "sum_se", "jain", "share_max_rel_dev")} for r in rows}
     best = summary["exhaustive"]["mean_reward"]
     summary["sac_vs_exhaustive"] = summary["sac"]["mean_reward"] / best if best else float("nan")
     return {"ttis": ttis, "seed": seed, "results": summary}
