@@ -1,6 +1,6 @@
 """The attacker's view of a ``scores``-head SAC scheduler, as a plain ``nn.Sequential``.
 
-``extract_scores_policy(model, vecnormalize)`` returns
+``extract_scores_policy(model, vecnormalize, fold=True)`` returns
 
     Affine((x - mean) / sqrt(var + eps)) -> Hardtanh(-clip_obs, clip_obs)
       -> Linear(obs_dim -> K*H1)  [gather user-major + first shared layer with pooled context]
@@ -14,7 +14,10 @@ permutation matrix ``P`` of the observation entries (user-major grouping); each
 :class:`SetLinear` ``y_k = W_self x_k + W_pool mean_j x_j + b`` is one ``Linear`` with weight
 ``kron(I_K, W_self) + kron(ones(K, K) / K, W_pool)`` and bias ``b`` repeated K times; the first
 of them is multiplied by ``P`` (folded, so the view reads the raw observation layout of
-:mod:`fggm.mimo.env`). Every layer is one :mod:`fggm.core.bounds` supports.
+:mod:`fggm.mimo.env`). The default (``fold=False``) writes each shared layer as the pair
+``Linear(context: x_k -> [x_k, mean_j x_j]) -> Linear(kron(I_K, [W_self, W_pool]))`` (the first
+context map also gathers with ``P``), the same function with float32 sums closer to the policy's.
+Every layer is one :mod:`fggm.core.bounds` supports.
 
 Example:
     >>> view = extract_scores_policy(model, vecnorm)              # doctest: +SKIP
@@ -103,8 +106,8 @@ def extract_scores_policy(sac_model: Any, vecnormalize: Any, fold: bool = False,
     parameters, eval mode.
     ``fold=False`` (default) writes each shared layer as two ``Linear``: a fixed context map
     ``x_k -> [x_k, mean_j x_j]`` (0/1 and 1/K weights; the first one also gathers the raw
-    observation user-major) and the block-diagonal ``kron(I_K, [W_self, W_pool])``, so the float32
-    arithmetic is the policy's own (agrees with SB3 to float32 rounding). ``fold=True`` multiplies
+    observation user-major) and the block-diagonal ``kron(I_K, [W_self, W_pool])``, whose float32
+    sums are close to the policy's own (agrees with SB3 to float32 rounding). ``fold=True`` multiplies
     each pair into one ``Linear`` (``kron(I_K, W_self) + kron(ones/K, W_pool)``): the same function,
     fewer layers, float32 sums in another order (differences of a few 1e-5 on a trained net).
     ``dtype=torch.float64`` builds every layer from the float64 statistics and exact weights: the
