@@ -125,10 +125,10 @@ def unit_statistics(aurocs: dict[str, torch.Tensor], matrices: dict[str, np.ndar
     perm = rng.permutation(labels)
     out["permuted"] = _counts(scored(every, perm), n_pos, n_neg, fdrs)
     pos, neg = rng.permutation(np.flatnonzero(labels == 1)), rng.permutation(np.flatnonzero(labels == 0))
-    by_rows = []
+    by_rows: list[dict[str, Any]] = []
     for share in subsets:
         k_pos, k_neg = max(2, round(share * n_pos)), max(2, round(share * n_neg))
-        if k_pos >= n_pos or k_neg >= n_neg:
+        if k_pos >= n_pos or k_neg >= n_neg or any((b["n_pos"], b["n_neg"]) == (k_pos, k_neg) for b in by_rows):
             continue
         rows = np.concatenate([pos[:k_pos], neg[:k_neg]])
         by_rows.append({"share": share, "n_pos": k_pos, "n_neg": k_neg,
