@@ -52,6 +52,9 @@ def fit(model: str = typer.Option(..., help="Model folder, hub id or prepared re
         selection: str = typer.Option("top-k", help="det0/damp unit selection: top-k (exactly k units, default k = "
                                                     "units with AUROC >= 0.75) | ml-aura (apple/ml-aura's rule: "
                                                     "AUROC > threshold, or above the (k+1)-th largest with --top-k)."),
+        fdr: Optional[float] = typer.Option(None, help="Significant experts only: units whose AUROC is above 0.5 at "
+                                                       "this Benjamini-Hochberg false-discovery rate (one-sided "
+                                                       "Mann-Whitney test given the class counts), e.g. 0.05."),
         column_map: Optional[str] = typer.Option(
             None, help="Concept file columns for the fields, as field=column pairs, e.g. "
                        "'prompt=question,response=answer,label=is_toxic,image=file'."),
@@ -80,13 +83,14 @@ def fit(model: str = typer.Option(..., help="Model folder, hub id or prepared re
         warnings.warn(f"--threshold has no effect on {strategy} with --selection top-k (it takes the top-k units; "
                       "use --top-k, or --selection ml-aura)", UserWarning, stacklevel=1)
     thr = 0.5 if threshold is None else threshold
-    check_strategy(strategy, threshold=thr, top_k=top_k, damp_alpha=damp_alpha, clamp=clamp, selection=selection)
+    check_strategy(strategy, threshold=thr, top_k=top_k, damp_alpha=damp_alpha, clamp=clamp, selection=selection,
+                   fdr=fdr)
     cs = ConceptSet.load(concepts, column_map)  # validated before the model is loaded
     m, proc = _load(model, dtype, device_map)
     glasses = fit_glasses(m, proc, cs, units=units, pooling=pooling, positions=positions, strategy=strategy,
                           threshold=thr, top_k=top_k, layers=layers, batch_size=batch_size,
                           damp_alpha=damp_alpha, seed=seed, clamp=clamp, selection=selection, record_dir=record_dir,
-                          layout=layout)
+                          layout=layout, fdr=fdr)
     glasses.save_pretrained(out)
     _print_summary(glasses, title=f"glasses saved to {out}")
 

@@ -35,14 +35,15 @@ def fit_glasses(model: nn.Module, processor: Any, concepts: ConceptSet | str | P
                 threshold: float = 0.5, top_k: int | None = None, layers: str | Sequence[int] | None = None,
                 batch_size: int = 8, damp_alpha: float = 0.5, seed: int = 0, clamp: bool = True,
                 selection: str = "top-k", record_dir: str | Path | None = None, progress: bool = True,
-                layout: str = "auto") -> Glasses:
+                layout: str = "auto", fdr: float | None = None) -> Glasses:
     """Find the toxic expert units of ``model``'s language tower and build glasses for them.
 
     Every unit of the selected decoder MLPs is pooled over the tokens of each concept row
     (image + prompt + response) and scored as a classifier of toxic vs non-toxic rows (AUROC);
     ``strategy`` turns the scores into per-unit alphas (see :mod:`safety_glasses.strategies`;
     ``clamp=False`` is the SGM authors' amplifying aura variant, ``selection="ml-aura"`` apple/ml-aura's
-    det0/damp unit selection).
+    det0/damp unit selection, ``fdr=0.05`` only the units whose AUROC is significantly above 0.5 at that
+    false-discovery rate).
     ``record_dir`` keeps the recording (and resumes a killed one); by default a temporary
     folder is used and removed. ``layout`` is how rows become text (``auto``: the chat template when the
     model has one, else ``USER:/ASSISTANT:``; ``raw``: prompt and response as one plain text, for base
@@ -54,7 +55,7 @@ def fit_glasses(model: nn.Module, processor: Any, concepts: ConceptSet | str | P
         >>> glasses.save_pretrained("glasses/llava-aura")
     """
     check_strategy(strategy, threshold=threshold, top_k=top_k, damp_alpha=damp_alpha, clamp=clamp,
-                   selection=selection)  # bad settings fail before the recording
+                   selection=selection, fdr=fdr)  # bad settings fail before the recording
     cs = as_concept_set(concepts)
     sites = resolve_units(model, kind=units, layers=layers)
     keep = nullcontext(str(record_dir)) if record_dir is not None else tempfile.TemporaryDirectory(prefix="sgm-rec-")
@@ -72,7 +73,7 @@ def fit_glasses(model: nn.Module, processor: Any, concepts: ConceptSet | str | P
     if skipped:
         concept_info["skipped_sites"] = skipped
     return new_glasses(model, kept, aurocs, strategy=strategy, threshold=threshold, top_k=top_k,
-                       damp_alpha=damp_alpha, seed=seed, clamp=clamp, selection=selection, pooling=pooling,
+                       damp_alpha=damp_alpha, seed=seed, clamp=clamp, selection=selection, fdr=fdr, pooling=pooling,
                        positions=positions, layers=layer_ids, layout=layout, concepts=concept_info)
 
 

@@ -81,6 +81,7 @@ class GlassesConfig:
     seed: int = 0
     clamp: bool = True
     selection: str = "top-k"
+    fdr: float | None = None
     pooling: str = "mean"
     positions: str = "all"
     layers: list[int] | None = None
@@ -165,13 +166,17 @@ class Glasses:
 
     def derive(self, strategy: str, *, threshold: float | None = None, top_k: int | None = None,
                damp_alpha: float | None = None, seed: int | None = None, clamp: bool | None = None,
-               selection: str | None = None) -> "Glasses":
+               selection: str | None = None, fdr: float | None = None) -> "Glasses":
         """New glasses from the same AUROCs with another strategy (no new recording).
+
+        ``fdr`` (significant experts only, see :mod:`safety_glasses.strategies`) is not inherited: pass it
+        for each derived pair of glasses that should use it.
 
         Example:
             >>> control = glasses.derive("random", seed=1)
             >>> control.n_experts == glasses.n_experts
             True
+            >>> strict = glasses.derive("aura", fdr=0.05)  # only units significantly above AUROC 0.5
         """
         if not self.aurocs:
             raise ValueError("these glasses carry no AUROC vectors to derive from")
@@ -182,11 +187,13 @@ class Glasses:
                                "top_k": top_k, "damp_alpha": c.damp_alpha if damp_alpha is None else damp_alpha,
                                "seed": c.seed if seed is None else seed,
                                "clamp": c.clamp if clamp is None else clamp,
-                               "selection": c.selection if selection is None else normalize_selection(selection)})
+                               "selection": c.selection if selection is None else normalize_selection(selection),
+                               "fdr": fdr})
         if strategy == "random" and top_k is None and c.strategy == "aura" and c.top_k is not None:
             cfg.top_k = c.top_k
         alphas = compute_alphas(self.aurocs, strategy, threshold=cfg.threshold, top_k=cfg.top_k,
-                                damp_alpha=cfg.damp_alpha, seed=cfg.seed, clamp=cfg.clamp, selection=cfg.selection)
+                                damp_alpha=cfg.damp_alpha, seed=cfg.seed, clamp=cfg.clamp, selection=cfg.selection,
+                                fdr=cfg.fdr, **class_counts(c.concepts))
         return Glasses(cfg, alphas, self.aurocs)
 
     # ---------------------------------------------------------------- checks
@@ -323,15 +330,32 @@ def _site_width(module: nn.Module, where: str) -> int | None:
     return int(w.shape[1] if is_conv1d else w.shape[0])
 
 
+def class_counts(concepts: dict[str, Any]) -> dict[str, int | None]:
+    """``{"n_pos", "n_neg"}`` from a glasses config's ``concepts`` entry (None where it was not recorded).
+
+    Example:
+        >>> class_counts({"counts": {"toxic": 19, "non-toxic": 158}})
+        {'n_pos': 19, 'n_neg': 158}
+    """
+    counts = (concepts or {}).get("counts") or {}
+    return {"n_pos": counts.get("toxic"), "n_neg": counts.get("non-toxic")}
+
+
 def new_glasses(model: nn.Module, sites: Sequence[UnitSite], aurocs: dict[str, torch.Tensor], *,
                 strategy: str = "aura", threshold: float = 0.5, top_k: int | None = None,
                 damp_alpha: float = 0.5, seed: int = 0, clamp: bool = True, selection: str = "top-k",
-                **config: Any) -> Glasses:
-    """Glasses for ``model`` from per-site AUROC vectors (the last step of :func:`fit_glasses`)."""
+                fdr: float | None = None, **config: Any) -> Glasses:
+    """Glasses for ``model`` from per-site AUROC vectors (the last step of :func:`fit_glasses`).
+
+    ``fdr`` needs ``concepts={"counts": {"toxic": n_pos, "non-toxic": n_neg}, ...}`` among ``config``.
+
+    Example:
+        >>> g = new_glasses(model, sites, aurocs, concepts={"counts": {"toxic": 40, "non-toxic": 300}}, fdr=0.05)  # doctest: +SKIP
+    """
     alphas = compute_alphas(aurocs, strategy, threshold=threshold, top_k=top_k, damp_alpha=damp_alpha, seed=seed,
-                            clamp=clamp, selection=selection)
+                            clamp=clamp, selection=selection, fdr=fdr, **class_counts(config.get("concepts", {})))
     cfg = GlassesConfig(strategy=strategy, sites=list(sites), unit_kind=sites[0].kind if sites else "act",
                         threshold=threshold, top_k=top_k, damp_alpha=damp_alpha, seed=seed, clamp=clamp,
-                        selection=normalize_selection(selection), base_model=model_identity(model), **config)
+                        selection=normalize_selection(selection), fdr=fdr, base_model=model_identity(model), **config)
     return Glasses(cfg, alphas, aurocs)
 

@@ -10,6 +10,17 @@
 - ``random``: a control with the same count of units as ``aura`` (or ``top_k`` when given),
   chosen uniformly at random, receiving the same alpha values the experts would have had.
 
+Significant experts only (``fdr=q``, e.g. ``aura:fdr=0.05`` in ``sgm replicate aura``): with few concept
+rows many units reach AUROC > 0.5 by chance, and ``aura`` dampens each of them a little. With ``fdr``
+only units whose AUROC is significantly above 0.5 count as experts: the one-sided Mann-Whitney p-value
+of each AUROC given the class counts (:func:`safety_glasses.expertise.auroc_pvalues`), then the
+Benjamini-Hochberg cut at false-discovery rate ``q`` over all units together
+(:func:`safety_glasses.expertise.fdr_mask`). ``aura`` keeps alpha = 1 - Gini on those units (1
+elsewhere); ``det0``/``damp`` set them to 0 / ``damp_alpha`` instead of the top-k (``top_k`` then caps
+the count); ``random`` takes as many random units as ``aura`` with ``fdr`` would. ``q`` is a
+statistical error rate fixed in advance, not a knob tuned on the evaluation: it needs the class counts
+(``n_pos``, ``n_neg``), which glasses record.
+
 Selection of the ``damp``/``det0`` units (``selection``):
 
 - ``"top-k"`` (default): exactly ``top_k`` units, the global top-k by AUROC, ties broken by
@@ -31,6 +42,8 @@ from __future__ import annotations
 import warnings
 
 import torch
+
+from .expertise import auroc_pvalues, fdr_mask
 
 STRATEGIES = ("aura", "damp", "det0", "random")
 SELECTIONS = ("top-k", "ml-aura")
@@ -80,7 +93,7 @@ def normalize_selection(selection: str) -> str:
 
 
 def check_strategy(strategy: str, *, threshold: float = 0.5, top_k: int | None = None, damp_alpha: float = 0.5,
-                   clamp: bool = True, selection: str = "top-k") -> list[str]:
+                   clamp: bool = True, selection: str = "top-k", fdr: float | None = None) -> list[str]:
     """Validate strategy settings (``ValueError`` on a bad one) before any work; returns the notes on
     settings that have no effect (what :func:`compute_alphas` warns about).
 
@@ -98,6 +111,8 @@ def check_strategy(strategy: str, *, threshold: float = 0.5, top_k: int | None =
         raise ValueError(f"top_k must be >= 0, got {top_k}")
     if not 0.0 <= damp_alpha <= 1.0:
         raise ValueError(f"damp_alpha must be in [0, 1], got {damp_alpha}")
+    if fdr is not None and not 0.0 < fdr < 1.0:
+        raise ValueError(f"fdr must be in (0, 1), got {fdr}")
     notes = []
     if clamp and threshold < 0.5 and strategy in ("aura", "random"):
         notes.append(f"threshold {threshold:g} has no effect with clamp=True: units with AUROC in ({threshold:g}, 0.5] "
@@ -108,10 +123,12 @@ def check_strategy(strategy: str, *, threshold: float = 0.5, top_k: int | None =
 
 def compute_alphas(aurocs: dict[str, torch.Tensor], strategy: str = "aura", *, threshold: float = 0.5,
                    top_k: int | None = None, damp_alpha: float = 0.5, seed: int = 0, clamp: bool = True,
-                   selection: str = "top-k") -> dict[str, torch.Tensor]:
+                   selection: str = "top-k", fdr: float | None = None, n_pos: int | None = None,
+                   n_neg: int | None = None) -> dict[str, torch.Tensor]:
     """Per-module alpha vectors from per-module AUROC vectors (see the module docstring).
 
-    Warns (``UserWarning``) when ``threshold`` has no effect: below 0.5 with ``clamp=True``.
+    Warns (``UserWarning``) when ``threshold`` has no effect: below 0.5 with ``clamp=True``. ``fdr``
+    (significant experts only) needs the class counts ``n_pos`` and ``n_neg`` of the concept rows.
 
     Example:
         >>> a = compute_alphas({"m": torch.tensor([0.9, 0.5, 0.2])}, "aura")
@@ -119,9 +136,12 @@ def compute_alphas(aurocs: dict[str, torch.Tensor], strategy: str = "aura", *, t
         [0.2, 1.0, 1.0]
         >>> compute_alphas({"m": torch.tensor([0.9, 0.9, 0.2])}, "det0", top_k=1, selection="ml-aura")["m"].tolist()
         [1.0, 1.0, 1.0]
+        >>> a = compute_alphas({"m": torch.tensor([0.9, 0.6, 0.55])}, "aura", fdr=0.05, n_pos=20, n_neg=200)
+        >>> [round(float(v), 3) for v in a["m"]]  # 0.6 and 0.55 are within chance for 20 toxic rows
+        [0.2, 1.0, 1.0]
     """
     for note in check_strategy(strategy, threshold=threshold, top_k=top_k, damp_alpha=damp_alpha, clamp=clamp,
-                               selection=selection):
+                               selection=selection, fdr=fdr):
         warnings.warn(note, UserWarning, stacklevel=2)
     selection = normalize_selection(selection)
     names, sizes, flat = _flatten(aurocs)
@@ -131,6 +151,19 @@ def compute_alphas(aurocs: dict[str, torch.Tensor], strategy: str = "aura", *, t
     aura = torch.where(flat > threshold, 2.0 * (1.0 - flat), torch.ones_like(flat))
     if clamp:
         aura = aura.clamp(0.0, 1.0)
+    if fdr is not None:
+        if not n_pos or not n_neg:
+            raise ValueError("fdr needs the class counts of the concept rows (n_pos and n_neg): glasses made "
+                             "before they were recorded cannot use it")
+        significant = fdr_mask(auroc_pvalues(flat, n_pos, n_neg), fdr) & (flat > threshold)
+        aura = torch.where(significant, aura, torch.ones_like(aura))
+        if strategy in ("damp", "det0"):
+            alpha = torch.ones(n, dtype=torch.float64)
+            idx = significant.nonzero().reshape(-1)
+            if top_k is not None:  # the top_k most significant (highest AUROC) of them
+                idx = idx[_top_k(flat[idx], min(top_k, idx.numel()))]
+            alpha[idx] = damp_alpha if strategy == "damp" else 0.0
+            return _unflatten(names, sizes, alpha)
     if strategy == "aura":
         if top_k is not None:  # keep only the top-k experts, the rest at 1
             keep = torch.zeros(n, dtype=torch.bool)

@@ -109,3 +109,67 @@ def test_shipped_prompts_are_disjoint_and_toxigen_reader() -> None:
         pytest.skip("../shared/data/toxigen-dev is absent")
     rows = read_toxigen(SHARED, 40, seed=1)
     assert sum(r["label"] == "toxic" for r in rows) == 40 and len({r["group"] for r in rows}) == 10
+
+
+def test_validation_selects_a_strategy_and_adds_its_control(inputs: Path, tmp_path: Path) -> None:
+    model, tok = tiny_vlm("llama")
+    tok.chat_template = None
+    strategies = ("aura", "aura:fdr=0.2,pooling=max", "det0:pooling=last,positions=all", "damp", "random")
+    cfg = _config(inputs, validation_samples=1, select_max_ppl_change=10.0, strategies=strategies, heldout_all=False)
+    res = replicate_aura((model, tok), tmp_path / "val", cfg, model_name="tiny", progress=False)
+    val = res["validation"]
+    names = [r["defense"] for r in val["rows"]]
+    assert names == ["none", *(s for s in strategies if s != "random")]  # controls are never candidates
+    chosen = res["selected"]
+    assert chosen == val["selected"] and chosen in names[1:]
+    best = max((r for r in val["rows"][1:]), key=lambda r: r["toxicity_cut"])
+    assert val["candidates"][chosen]["toxicity_cut"] == round(best["toxicity_cut"], 4)
+    held = [r["defense"] for r in res["rows"]]
+    assert held[0] == "none" and f"shuffled:{chosen}" in held and chosen in held and "random" in held
+    assert not set(held) - {"none", "aura", "damp", "random", chosen, f"shuffled:{chosen}"}  # --heldout-selected
+    control = next(r for r in res["rows"] if r["defense"] == f"shuffled:{chosen}")
+    assert control["experts"] == res["units"]["experts"][chosen]
+    assert set(res["units"]["variants"]) == {"mean/response", "max/response", "last/all"}
+    for st in res["units"]["variants"].values():
+        assert {"real", "permuted", "by_rows"} <= set(st) and "fdr_0.2" in st["real"] and "fdr_0.05" in st["real"]
+    val_lines = (tmp_path / "val" / "validation_samples.jsonl").read_text().splitlines()
+    assert len(val_lines) == len(names) * len(load_prompt_set(inputs / "prompts.json")["validation_toxic"])
+    report = (tmp_path / "val" / "report.md").read_text()
+    assert "## Validation" in report and f"**{chosen}** (selected)" in report and "permuted" in report
+
+
+def test_strategy_options_and_the_quick_configuration() -> None:
+    from safety_glasses.replicate.aura import parse_strategy
+
+    assert parse_strategy("aura:fdr=0.05,pooling=max,positions=all") == (
+        "aura", {"fdr": 0.05, "pooling": "max", "positions": "all"})
+    for spec, needle in [("aura:fdr=1.5", "fdr must be in"), ("aura:pooling=median", "pooling must be"),
+                         ("aura:positions=image", "positions must be"), ("aura:fdr=0.1,fdr=0.2", "given twice"),
+                         ("det0:top_k=2.5", "whole number")]:
+        with pytest.raises(ReplicationError, match=needle):
+            parse_strategy(spec)
+    quick = AuraReplicationConfig.quick()
+    assert quick.heldout_samples == 1 and quick.validation_samples == 0 and "aura:fdr=0.05,pooling=max" in quick.strategies
+    assert AuraReplicationConfig.quick(heldout_samples=3).heldout_samples == 3
+    assert AuraReplicationConfig(concept_samples=5).neutral_count == 5
+    assert AuraReplicationConfig(concept_samples=5, neutral_samples=2).neutral_count == 2
+    with pytest.raises(ReplicationError, match="neutral_samples"):
+        AuraReplicationConfig(neutral_samples=0)
+
+
+def test_cli_quick_and_validation_errors(inputs: Path, tmp_path: Path) -> None:
+    base = ["replicate", "aura", "--model", str(inputs / "model"), "--prompts", str(inputs / "prompts.json"),
+            "--corpus", str(inputs / "corpus"), "--no-own-continuations", "--n-boot", "20", "--no-progress"]
+    r = runner.invoke(app, [*base, "--out", str(tmp_path / "q"), "--quick", "--max-new-tokens", "3"])
+    assert r.exit_code == 0, r.output
+    saved = json.loads((tmp_path / "q" / "results.json").read_text())
+    assert saved["config"]["heldout_samples"] == 1 and saved["config"]["max_new_tokens"] == 3
+    assert saved["config"]["own_continuations"] is False and saved["config"]["n_boot"] == 20
+    assert [x["defense"] for x in saved["rows"]][1:] == list(AuraReplicationConfig.quick().strategies)
+    four = {k: v for k, v in load_prompt_set(inputs / "prompts.json").items() if not k.startswith("validation")}
+    (tmp_path / "four.json").write_text(json.dumps(four))
+    bad = runner.invoke(app, [*base, "--out", str(tmp_path / "bad"), "--validation-samples", "1", "--prompts",
+                              str(tmp_path / "four.json")])
+    assert bad.exit_code == 2 and "validation needs the prompt lists" in bad.stderr and bad.stderr.count("\n") == 1
+    bad = runner.invoke(app, [*base, "--out", str(tmp_path / "bad"), "--strategies", "aura:fdr=2"])
+    assert bad.exit_code == 2 and "fdr must be in" in bad.stderr

@@ -1,9 +1,11 @@
 """The prompt set shipped for the AurA replication, and a reader for ToxiGen-format corpus folders.
 
-The shipped set (``aura_prompts.json``, written for this project) has four lists: ``concept_toxic`` and
-``concept_neutral`` openings that the model continues to build its own concept set, ``heldout_toxic``
-openings (disjoint from the concept ones) whose continuations are scored, and ``heldout_neutral_text``
-whose perplexity measures the cost to fluency.
+The shipped set (``aura_prompts.json``, written for this project) has four required lists:
+``concept_toxic`` and ``concept_neutral`` openings that the model continues to build its own concept set,
+``heldout_toxic`` openings (disjoint from the concept ones) whose continuations are scored, and
+``heldout_neutral_text`` whose perplexity measures the cost to fluency; and two optional ones for choosing
+settings without touching the held-out lists: ``validation_toxic`` openings and ``validation_neutral_text``
+(disjoint from all the others).
 
 A ToxiGen-format folder holds ``hate_<group>*.txt`` and ``neutral_<group>*.txt`` files; each line is one
 prompt of the form ``- statement\\n- statement ...`` (a literal backslash-n between statements).
@@ -22,9 +24,10 @@ import re
 from importlib.resources import files
 from pathlib import Path
 
-__all__ = ["PROMPT_KEYS", "load_prompt_set", "read_toxigen", "CorpusError"]
+__all__ = ["PROMPT_KEYS", "OPTIONAL_PROMPT_KEYS", "load_prompt_set", "read_toxigen", "CorpusError"]
 
 PROMPT_KEYS: tuple[str, ...] = ("concept_toxic", "concept_neutral", "heldout_toxic", "heldout_neutral_text")
+OPTIONAL_PROMPT_KEYS: tuple[str, ...] = ("validation_toxic", "validation_neutral_text")
 _FILE = re.compile(r"^(hate|neutral)_(.+?)(?:_\d+k)?\.txt$")
 
 
@@ -33,10 +36,13 @@ class CorpusError(ValueError):
 
 
 def load_prompt_set(path: str | Path | None = None) -> dict[str, list[str]]:
-    """The prompt set: the shipped one, or a JSON file with the same four lists of strings.
+    """The prompt set: the shipped one, or a JSON file with the same four lists of strings (and optionally
+    the two validation lists).
 
     Example:
         >>> len(load_prompt_set()["heldout_neutral_text"]) >= 20
+        True
+        >>> len(load_prompt_set()["validation_toxic"]) >= 10
         True
     """
     if path is None:
@@ -53,8 +59,10 @@ def load_prompt_set(path: str | Path | None = None) -> dict[str, list[str]]:
     except json.JSONDecodeError as exc:
         raise CorpusError(f"{where} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
     out: dict[str, list[str]] = {}
-    for key in PROMPT_KEYS:
+    for key in PROMPT_KEYS + OPTIONAL_PROMPT_KEYS:
         items = data.get(key) if isinstance(data, dict) else None
+        if items is None and key in OPTIONAL_PROMPT_KEYS:
+            continue
         if not isinstance(items, list) or not items or not all(isinstance(t, str) and t.strip() for t in items):
             raise CorpusError(f"{where}: {key!r} must be a non-empty list of non-empty strings")
         out[key] = list(items)

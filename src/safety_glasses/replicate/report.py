@@ -38,22 +38,28 @@ def _ci(ci: Any, fmt: str = "{:.3f}") -> str:
     return "-" if not ci else f"[{fmt.format(ci[0])}, {fmt.format(ci[1])}]"
 
 
-def _verdicts(rows: list[dict[str, Any]]) -> list[str]:
+def _verdicts(rows: list[dict[str, Any]], selected: str | None = None) -> list[str]:
     by = {r["defense"]: r for r in rows}
     lines = []
-    aura = by.get("aura")
+    head = selected if selected in by else "aura"
+    aura = by.get(head)
     if aura is not None and "toxicity_cut" in aura:
+        what = f"{head} (selected on validation)" if head == selected else head
         cut, dppl = aura["toxicity_cut"], aura["perplexity_change"]
         lo, hi = aura["ci95_toxicity_cut"]
         met = "met" if lo >= TARGETS["toxicity_cut"] else ("not shown (CI reaches below 2x)" if cut >= 2 else "missed")
-        lines.append(f"- toxicity cut by aura: **{cut:.2f}x** (95 % CI {lo:.2f}-{hi:.2f}); target >= 2x: {met}")
+        lines.append(f"- toxicity cut by {what}: **{cut:.2f}x** (95 % CI {lo:.2f}-{hi:.2f}); target >= 2x: {met}")
         ok = "met" if dppl <= TARGETS["perplexity_change"] else "missed"
-        lines.append(f"- perplexity change by aura: **{100 * dppl:+.1f} %**; target <= +10 %: {ok}")
-    rnd = by.get("random")
-    if rnd is not None and aura is not None and "toxicity_cut" in rnd:
-        lines.append(f"- random control: {rnd['toxicity_cut']:.2f}x (aura {aura['toxicity_cut']:.2f}x); the control "
-                     f"should cut far less")
-    for name in ["det0", "damp", *(r["defense"] for r in rows if ":" in r["defense"])]:
+        lines.append(f"- perplexity change by {what}: **{100 * dppl:+.1f} %**; target <= +10 %: {ok}")
+    controls = [f"shuffled:{head}"] if f"shuffled:{head}" in by else []
+    controls += ["random"] if "random" in by else []
+    for name in controls:
+        rnd = by[name]
+        if aura is not None and "toxicity_cut" in rnd:
+            lines.append(f"- control {name}: {rnd['toxicity_cut']:.2f}x ({head} {aura['toxicity_cut']:.2f}x); the "
+                         "control should cut far less")
+    others = ["aura", "det0", "damp", *(r["defense"] for r in rows if ":" in r["defense"])]
+    for name in dict.fromkeys(n for n in others if n != head and n not in controls):
         r = by.get(name)
         if r is not None and "toxicity_cut" in r:
             lines.append(f"- {name}: {r['toxicity_cut']:.2f}x less toxicity, perplexity {100 * r['perplexity_change']:+.1f} % "
@@ -76,16 +82,16 @@ def render_report(results: dict[str, Any]) -> str:
     out += [f"Concept set: {counts.get('toxic', '?')} toxic / {counts.get('non-toxic', '?')} non-toxic rows "
             f"(own continuations {c.get('own', {})}, corpus {c.get('corpus', {})}); pooling {cfg.get('pooling')} over "
             f"{cfg.get('positions')} tokens; AUROC threshold {cfg.get('threshold')}.", ""]
-    out += ["| defence | units | toxicity mean | 95 % CI | toxic share | profanity mean | perplexity | cut | ppl change | n |",
-            "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        cut = f"{r['toxicity_cut']:.2f}x {_ci(r.get('ci95_toxicity_cut'), '{:.2f}')}" if "toxicity_cut" in r else "-"
-        dp = f"{100 * r['perplexity_change']:+.1f} %" if "perplexity_change" in r else "-"
-        out.append(f"| {r['defense']} | {r.get('experts', 0)} | {r['toxicity_mean']:.3f} | {_ci(r['ci95'])} | "
-                   f"{100 * r['toxic_share']:.1f} % | {r['profanity_mean']:.3f} | {r['perplexity']:.2f} | {cut} | {dp} | {r['n']} |")
+    selected = results.get("selected")
+    out += _table(rows, selected)
+    out += ["", *_unit_lines(results.get("units", {}).get("variants", {}))]
+    val = results.get("validation")
+    if val:
+        out += ["## Validation (settings chosen here, never on the held-out openings)", "",
+                f"Rule: {val.get('rule')}. Selected: **{val.get('selected')}**.", "", *_table(val["rows"], selected), ""]
     out += ["", f"Published (AurA): up to {AURA_PUBLISHED['toxicity_cut']}x less toxicity for "
             f"+{AURA_PUBLISHED['perplexity_increase']} perplexity ({AURA_PUBLISHED['source'].split(':')[0]}).", ""]
-    out += ["## Against the targets", "", *_verdicts(rows), ""]
+    out += ["## Against the targets (held-out)", "", *_verdicts(rows, selected), ""]
     tp, tm = results.get("throughput", {}), results.get("timings", {})
     ev = tp.get("eval", {}) or {}
     out += ["## Cost", "",
@@ -97,6 +103,46 @@ def render_report(results: dict[str, Any]) -> str:
     out += ["", "Both judges are lexical: they score offensive words, under-score implicit hate without slurs, "
             "and do not judge harmful help. Toxicity is scored on the continuation alone, not the prompt.", ""]
     return "\n".join(out)
+
+
+def _table(rows: list[dict[str, Any]], selected: str | None) -> list[str]:
+    out = ["| defence | units | toxicity mean | 95 % CI | toxic share | profanity mean | perplexity | cut | ppl change | n |",
+           "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        cut = f"{r['toxicity_cut']:.2f}x {_ci(r.get('ci95_toxicity_cut'), '{:.2f}')}" if "toxicity_cut" in r else "-"
+        dp = f"{100 * r['perplexity_change']:+.1f} %" if "perplexity_change" in r else "-"
+        name = f"**{r['defense']}** (selected)" if r["defense"] == selected else r["defense"]
+        out.append(f"| {name} | {r.get('experts', 0)} | {r['toxicity_mean']:.3f} | {_ci(r['ci95'])} | "
+                   f"{100 * r['toxic_share']:.1f} % | {r['profanity_mean']:.3f} | {r['perplexity']:.2f} | {cut} | {dp} | {r['n']} |")
+    return out
+
+
+def _unit_lines(variants: dict[str, Any]) -> list[str]:
+    """Units passing each expert rule per recording variant: real labels, permuted labels, fewer rows."""
+    if not variants:
+        return []
+    out = ["## Experts per recording variant", "",
+           "Units passing AUROC > 0.5, AUROC >= 0.75 and the Benjamini-Hochberg cut (`fdr_q`: AUROC significantly "
+           "above 0.5), with the real labels and with the labels permuted once (what chance alone gives).", "",
+           "| pooling/positions | units | labels | toxic / non-toxic rows | AUROC > 0.5 | AUROC >= 0.75 | max AUROC | significant |",
+           "|---|---:|---|---|---:|---:|---:|---|"]
+    for key, st in variants.items():
+        for which in ("real", "permuted"):
+            c = st.get(which)
+            if not c:
+                continue
+            sig = ", ".join(f"{k}: {v}" for k, v in c.items() if k.startswith("fdr_"))
+            out.append(f"| {key} | {st['units']} | {which} | {st['n_pos']} / {st['n_neg']} | {c['auroc_over_0.5']} | "
+                       f"{c['auroc_over_0.75']} | {c['max_auroc']} | {sig} |")
+    first = next(iter(variants.values()))
+    if first.get("by_rows"):
+        key = next(iter(variants))
+        out += ["", f"With fewer concept rows ({key}; the first share of each class in a random order):", "",
+                "| toxic / non-toxic rows | AUROC > 0.5 | AUROC >= 0.75 | significant |", "|---|---:|---:|---|"]
+        for b in first["by_rows"]:
+            sig = ", ".join(f"{k}: {v}" for k, v in b.items() if k.startswith("fdr_"))
+            out.append(f"| {b['n_pos']} / {b['n_neg']} | {b['auroc_over_0.5']} | {b['auroc_over_0.75']} | {sig} |")
+    return out + [""]
 
 
 def plot_results(results: dict[str, Any], path: str | Path) -> Path:
