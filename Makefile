@@ -13,9 +13,12 @@ $(PY):
 
 # torch first, pinned: where no CUDA is present this takes the local CPU wheel, so
 # that the package's torch range is already satisfied and nothing pulls a CUDA build.
+# Then the toxicity judge's weights with --no-deps: the package declares TensorFlow, which is not
+# needed (h5py, in the dev extra, reads the weights).
 $(STAMP): $(PY) pyproject.toml
 	$(PIP) install -q "torch==2.13.0"
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q -e ".[dev,bench]"
+	$(PIP) install -q --no-deps "toxic-comment-classifier==0.3.0"
 	@touch $(STAMP)
 
 install: $(STAMP)

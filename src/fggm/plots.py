@@ -81,3 +81,30 @@ def plot_evaluation(rows: Sequence[dict[str, Any]], png_path: str | Path) -> Pat
     ax2.grid(alpha=0.3)
     ax2.legend(fontsize=7)
     return save_figure(fig, png_path)
+
+
+def plot_drop_bars(rows: Sequence[dict[str, Any]], png: str | Path, *, key: str, ci_key: str, ylabel: str, title: str,
+                   target: float | None = None, target_label: str = "", label_key: str = "attack",
+                   highlight: str = "fggm") -> Path:
+    """Bar chart of one per-attack number (``rows[i][key]``, the ``none`` row left out) with its
+    CI (``rows[i][ci_key] = [lo, hi]``) and an optional dashed target line.
+
+    Example:
+        >>> plot_drop_bars([{"attack": "fggm", "cut": 70.0, "ci": [65, 75]}], "/tmp/b.png", key="cut", ci_key="ci",
+        ...                ylabel="cut [%]", title="t").name
+        'b.png'
+    """
+    rows = [r for r in rows if r[label_key] != "none"]
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    x = np.arange(len(rows))
+    drop = np.array([r[key] for r in rows])
+    err = np.array([[d - r[ci_key][0], r[ci_key][1] - d] for d, r in zip(drop, rows)]).T.reshape(2, -1)
+    colors = ["#c0392b" if r[label_key] == highlight else "#7f8c8d" for r in rows]
+    ax.bar(x, drop, yerr=err, color=colors, capsize=4)
+    if target is not None:
+        ax.axhline(target, ls="--", lw=1, color="k")
+        ax.text(len(rows) - 0.5, target + 1, target_label, ha="right", va="bottom", fontsize=8)
+    ax.set_xticks(x, [r[label_key] for r in rows])
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    return save_figure(fig, png)

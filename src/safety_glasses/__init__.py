@@ -30,6 +30,7 @@ _EXPORTS = {
     "fit_glasses": "fitting",
     "Glasses": "glasses",
     "GlassesMismatchError": "glasses",
+    "GlassesError": "glasses",
     "record_activations": "recording",
     "generate_texts": "generation",
     "export_merged": "export",

@@ -2,15 +2,16 @@
 
 A concept row is one conversation turn (an optional image or several, a user prompt and the
 assistant's response) labelled toxic (1) or non-toxic (0). A :class:`ConceptSet` loads rows from
-JSONL, CSV or memory and validates all of them *before* any model work, so a typo in row 900 does
+JSONL, CSV, Excel ``.xlsx`` or memory and validates all of them *before* any model work, so a typo in row 900 does
 not surface after an hour of forward passes.
 
 Validation rules (each failure is a :class:`ConceptError` naming the row and the problem):
 
 * every image path exists (paths are relative to the concept file's folder);
-* the label is one of ``toxic``, ``non-toxic``/``nontoxic``/``non_toxic``, ``1``, ``0``, ``True``,
-  ``False`` (strings case-insensitive);
-* the prompt and the response are non-empty strings (the response is the recorded assistant turn);
+* the label is one of ``toxic``, ``non-toxic``/``nontoxic``/``non_toxic``, ``1``, ``0``, ``1.0``,
+  ``0.0``, ``True``, ``False`` (strings case-insensitive);
+* the response is a non-empty string (the recorded assistant turn); the prompt is a string, empty or
+  missing for a raw-text row (no image: the response is the whole text, recorded as AurA does);
 * ids are unique (a missing id becomes ``row-<index>``);
 * both classes are present;
 * every JSONL line parses as a JSON object.
@@ -26,7 +27,6 @@ Example:
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import numbers
@@ -39,6 +39,8 @@ from typing import Any, overload
 
 import numpy as np
 from PIL import Image
+
+from .tabular import TableError, parse_column_map, read_csv_table, read_xlsx_table, rename_record, table_records
 
 __all__ = ["ConceptError", "ConceptRow", "ConceptSet", "parse_label"]
 
@@ -65,20 +67,29 @@ def parse_label(value: Any) -> int:
     """Map a label spelling to 1 (toxic) or 0 (non-toxic); raise ``ValueError`` otherwise.
 
     Example:
-        >>> parse_label("Non-Toxic"), parse_label(True), parse_label("1")
-        (0, 1, 1)
+        >>> parse_label("Non-Toxic"), parse_label(True), parse_label("1"), parse_label(1.0)
+        (0, 1, 1, 1)
     """
     if isinstance(value, (bool, np.bool_)):
         return int(bool(value))
     if isinstance(value, numbers.Integral):
         if int(value) in (0, 1):
             return int(value)
+    elif isinstance(value, numbers.Real):
+        if float(value) in (0.0, 1.0):  # spreadsheets store 1 as 1.0
+            return int(float(value))
     elif isinstance(value, str):
         key = value.strip().lower()
         if key in _LABELS:
             return _LABELS[key]
+        try:
+            number = float(key)
+        except ValueError:
+            number = None
+        if number in (0.0, 1.0):
+            return int(number)  # "1.0", "0.00"
     raise ValueError(
-        f"unknown label {value!r} (expected toxic, non-toxic, 1, 0, true or false)"
+        f"unknown label {value!r} (expected toxic, non-toxic, 1, 0, 1.0, 0.0, true or false)"
     )
 
 
@@ -122,10 +133,10 @@ class ConceptRow:
                     f"{where}: image {image!r} is neither a PIL image nor a file path"
                 )
         object.__setattr__(self, "images", tuple(normalised))
-        for name in ("prompt", "response"):
-            text = getattr(self, name)
-            if not isinstance(text, str) or not text.strip():
-                raise ConceptError(f"{where}: the {name} is empty (it must be non-empty text)")
+        if not isinstance(self.prompt, str):
+            raise ConceptError(f"{where}: the prompt must be text (empty for a raw-text row), got {self.prompt!r}")
+        if not isinstance(self.response, str) or not self.response.strip():
+            raise ConceptError(f"{where}: the response is empty (it must be non-empty text)")
         if isinstance(self.label, bool) or self.label not in (0, 1):
             raise ConceptError(f"{where}: label {self.label!r} is not 0 or 1")
         object.__setattr__(self, "label", int(self.label))
@@ -139,7 +150,20 @@ class ConceptRow:
             >>> ConceptRow("a", (Image.new("L", (2, 2)),), "p", "r", 1).load_images()[0].mode
             'RGB'
         """
-        return load_rgb(self.images)
+        try:
+            return load_rgb(self.images)
+        except Exception as exc:  # noqa: BLE001 - PIL raises several types on unreadable data
+            raise ConceptError(f"row {self.id!r}: cannot read an image ({type(exc).__name__}: {exc})") from None
+
+
+def _check_image(path: Path, where: str) -> None:
+    """Parse the image header and check the file (no decoding), so that a broken image is named
+    before any model work."""
+    try:
+        with Image.open(path) as opened:
+            opened.verify()
+    except Exception as exc:  # noqa: BLE001 - PIL raises several types on unreadable data
+        raise ConceptError(f"{where}: unreadable image {path} ({type(exc).__name__})") from None
 
 
 def load_rgb(images: Iterable[Image.Image | str | os.PathLike[str]]) -> list[Image.Image]:
@@ -183,19 +207,6 @@ def _coerce_images(value: Any, base_dir: Path | None) -> tuple[ImageLike, ...]:
         else:
             raise ValueError(f"image {item!r} is neither a path nor a PIL image")
     return tuple(out)
-
-
-def _split_csv_images(cell: str) -> list[str] | None:
-    """A CSV image cell: empty, one path, ``a.png|b.png``, or a JSON list of paths."""
-    cell = cell.strip()
-    if not cell:
-        return None
-    if cell.startswith("["):
-        parsed = json.loads(cell)
-        if not isinstance(parsed, list) or not all(isinstance(p, str) for p in parsed):
-            raise ValueError(f"image cell {cell!r} is not a JSON list of paths")
-        return parsed
-    return [part.strip() for part in cell.split("|") if part.strip()]
 
 
 class ConceptSet:
@@ -250,6 +261,7 @@ class ConceptSet:
                         raise ConceptError(
                             f"{where}, row {row.id!r}: image file not found: {image}"
                         )
+                    _check_image(image, f"{where}, row {row.id!r}")
                 images.append(image)
             checked.append(replace(row, images=tuple(images)) if changed else row)
         self.rows: list[ConceptRow] = checked
@@ -292,12 +304,15 @@ class ConceptSet:
         *,
         source: str | None,
         line_numbers: Sequence[int] | None,
+        where_each: Sequence[str] | None = None,
     ) -> ConceptSet:
         base = Path(base_dir).absolute() if base_dir is not None else None
         parsed: list[ConceptRow] = []
         locations: list[str] = []
         for index, raw in enumerate(rows):
-            if line_numbers is not None:
+            if where_each is not None:
+                where = where_each[index]
+            elif line_numbers is not None:
                 where = f"{source} line {line_numbers[index]}"
             elif source is not None:
                 where = f"{source} row index {index}"
@@ -308,84 +323,105 @@ class ConceptSet:
         return cls(parsed, base_dir=base, locations=locations)
 
     @classmethod
-    def from_jsonl(cls, path: str | os.PathLike[str]) -> ConceptSet:
+    def from_jsonl(cls, path: str | os.PathLike[str], column_map: str | Mapping[str, str] | None = None
+                   ) -> ConceptSet:
         """Load JSON lines (blank lines skipped); a ``.json`` file may also hold one JSON array.
+        ``column_map`` renames keys (``{"prompt": "question"}``; see :mod:`safety_glasses.tabular`).
 
         Example:
             >>> cs = ConceptSet.from_jsonl("data/concepts.jsonl")  # doctest: +SKIP
         """
         path = Path(path)
+        columns = _column_map(column_map)
         text = _read_text(path)
         rows: list[Any] = []
-        lines: list[int] = []
+        lines: list[int] | None = []
         if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
             try:
-                array = json.loads(text)
+                rows = list(json.loads(text))
             except json.JSONDecodeError as exc:
                 raise ConceptError(f"{path.name} line {exc.lineno}: invalid JSON ({exc.msg})") from None
-            rows = list(array)
-            return cls._from_records(rows, path.parent, source=path.name, line_numbers=None)
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ConceptError(
-                    f"{path.name} line {number}: unreadable JSON ({exc.msg})"
-                ) from None
-            lines.append(number)
+            lines = None
+        else:
+            for number, line in enumerate(text.splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise ConceptError(
+                        f"{path.name} line {number}: unreadable JSON ({exc.msg})"
+                    ) from None
+                lines.append(number)
+        if columns:
+            rows = [rename_record(r, columns) if isinstance(r, Mapping) else r for r in rows]
         return cls._from_records(rows, path.parent, source=path.name, line_numbers=lines)
 
     @classmethod
-    def from_csv(cls, path: str | os.PathLike[str]) -> ConceptSet:
-        """Load a CSV with a header (``id,image,prompt,response,label,category``; ``id``, ``image``
-        and ``category`` optional). An image cell holds one path, paths joined by ``|``, or a JSON
-        list of paths; an empty cell means a text-only row.
+    def from_csv(cls, path: str | os.PathLike[str], column_map: str | Mapping[str, str] | None = None
+                 ) -> ConceptSet:
+        """Load a CSV with a header (``id,image,prompt,response,label,category``; ``id``, ``image``,
+        ``prompt`` (raw-text rows) and ``category`` optional), parsed as CSV: quoted cells keep their commas, quotes and
+        newlines, and errors name a record's first line. An image cell holds one path, paths joined
+        by ``|``, or a JSON list of paths; an empty cell means a text-only row. ``column_map`` maps
+        fields to other header names; the SGM authors' ``name,prompt,output,label`` header is read
+        as is (see :mod:`safety_glasses.tabular`).
 
         Example:
             >>> cs = ConceptSet.from_csv("data/concepts.csv")  # doctest: +SKIP
         """
         path = Path(path)
         text = _read_text(path)
-        reader = csv.DictReader(text.splitlines())
-        missing = {"prompt", "response", "label"} - set(reader.fieldnames or [])
-        if missing:
-            raise ConceptError(f"{path.name} line 1: missing column(s) {sorted(missing)}")
-        rows: list[dict[str, Any]] = []
-        lines: list[int] = []
-        for index, record in enumerate(reader):
-            line = reader.line_num
-            row: dict[str, Any] = {k: v for k, v in record.items() if k is not None}
-            image_key = "image" if "image" in row else ("images" if "images" in row else None)
-            if image_key is not None:
-                try:
-                    row[image_key] = _split_csv_images(row[image_key] or "")
-                except (ValueError, json.JSONDecodeError) as exc:
-                    rid = (row.get("id") or "").strip() or f"row-{index}"
-                    raise ConceptError(f"{path.name} line {line}, row {rid!r}: {exc}") from None
-            if not (row.get("id") or "").strip():
-                row.pop("id", None)
-            if not (row.get("category") or "").strip():
-                row.pop("category", None)
-            rows.append(row)
-            lines.append(line)
-        return cls._from_records(rows, path.parent, source=path.name, line_numbers=lines)
+        try:
+            header, rows = read_csv_table(path, text)
+            records = table_records(header, rows, base_dir=path.parent.absolute(), source=path.name,
+                                    column_map=_column_map(column_map))
+        except TableError as exc:
+            raise ConceptError(str(exc)) from None
+        return cls._from_records([r.values for r in records], path.parent, source=path.name, line_numbers=None,
+                                 where_each=[r.where for r in records])
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> ConceptSet:
-        """Load by suffix: ``.jsonl``/``.json`` (JSON lines) or ``.csv``.
+    def from_xlsx(cls, path: str | os.PathLike[str], column_map: str | Mapping[str, str] | None = None, *,
+                  sheet: str | None = None) -> ConceptSet:
+        """Load the first sheet (or ``sheet``) of an Excel workbook with a header row, e.g. the SGM
+        authors' ``name, prompt, output, label`` spreadsheets (``name`` = image file, float labels
+        such as ``1.0``). Needs ``openpyxl``. Errors name the sheet row.
+
+        Example:
+            >>> cs = ConceptSet.from_xlsx("concepts.xlsx")  # doctest: +SKIP
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise ConceptError(f"{path}: concept file not found")
+        try:
+            header, rows, title = read_xlsx_table(path, sheet)
+            records = table_records(header, rows, base_dir=path.parent.absolute(),
+                                    source=f"{path.name} sheet {title!r}", column_map=_column_map(column_map),
+                                    location="row")
+        except TableError as exc:
+            raise ConceptError(str(exc)) from None
+        return cls._from_records([r.values for r in records], path.parent, source=path.name, line_numbers=None,
+                                 where_each=[r.where for r in records])
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], column_map: str | Mapping[str, str] | None = None
+             ) -> ConceptSet:
+        """Load by suffix: ``.jsonl``/``.json`` (JSON lines), ``.csv`` or ``.xlsx``; ``column_map``
+        maps fields to the file's own column (or key) names.
 
         Example:
             >>> cs = ConceptSet.load("data/concepts.csv")  # doctest: +SKIP
         """
         suffix = Path(path).suffix.lower()
         if suffix in (".jsonl", ".json"):
-            return cls.from_jsonl(path)
+            return cls.from_jsonl(path, column_map)
         if suffix == ".csv":
-            return cls.from_csv(path)
+            return cls.from_csv(path, column_map)
+        if suffix == ".xlsx":
+            return cls.from_xlsx(path, column_map)
         raise ConceptError(
-            f"{path}: unsupported concept file type {suffix!r} (use .jsonl, .json or .csv)"
+            f"{path}: unsupported concept file type {suffix!r} (use .jsonl, .json, .csv or .xlsx)"
         )
 
     # ------------------------------------------------------------------ access
@@ -529,6 +565,13 @@ class ConceptSet:
         return path
 
 
+def _column_map(spec: str | Mapping[str, str] | None) -> dict[str, str]:
+    try:
+        return parse_column_map(spec)
+    except TableError as exc:
+        raise ConceptError(str(exc)) from None
+
+
 def _relative_to(image: Path, folder: Path) -> str:
     resolved = image.resolve()
     try:
@@ -570,7 +613,12 @@ def _parse_row(raw: Any, index: int, where: str, base_dir: Path | None) -> Conce
         images = _coerce_images(image_value, base_dir)
     except ValueError as exc:
         raise ConceptError(f"{prefix}: {exc}") from None
-    for name in ("prompt", "response"):
+    prompt = raw.get("prompt")
+    if prompt is None:
+        prompt = ""  # a raw-text row: the response is the whole text
+    if not isinstance(prompt, str):
+        raise ConceptError(f"{prefix}: the prompt is not text ({prompt!r})")
+    for name in ("response",):
         value = raw.get(name)
         if not isinstance(value, str) or not value.strip():
             if value is None:
@@ -582,6 +630,6 @@ def _parse_row(raw: Any, index: int, where: str, base_dir: Path | None) -> Conce
     if category is not None and not isinstance(category, str):
         category = str(category)
     try:
-        return ConceptRow(rid, images, raw["prompt"], raw["response"], label, category or None)
+        return ConceptRow(rid, images, prompt, raw["response"], label, category or None)
     except ConceptError as exc:
         raise ConceptError(f"{where}, {exc}") from None

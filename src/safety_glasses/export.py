@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,22 +26,52 @@ def _provenance(glasses: Glasses, fmt: str) -> dict[str, Any]:
             "concepts": glasses.config.concepts}
 
 
+def check_export_dir(out_dir: str | Path) -> Path:
+    """The export folder, refused unless it is new, empty or a previous export (which is replaced).
+
+    Example:
+        >>> check_export_dir("runs/new-export")  # doctest: +SKIP
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / PROVENANCE).is_file():
+        raise ValueError(f"--out {out} exists and is not an export of this project; choose a new folder")
+    return out
+
+
+@contextmanager
+def _staged(out: Path) -> Iterator[Path]:
+    """Write into a temporary sibling folder and move it into place only when everything is written."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    try:
+        yield tmp
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def export_merged(model: nn.Module, processor: Any, glasses: Glasses, out_dir: str | Path) -> Path:
     """Fold the glasses into ``model``'s weights and save a standalone checkpoint.
 
     The folder loads with plain transformers (and so vLLM): no dependency on this project.
-    ``model`` is modified in place.
+    ``model`` is modified in place. The folder appears only once complete.
 
     Example:
         >>> export_merged(model, processor, glasses, "llava-sgm")
         >>> AutoModelForImageTextToText.from_pretrained("llava-sgm")
     """
-    out = Path(out_dir)
+    out = check_export_dir(out_dir)
     glasses.fold_into(model)
-    model.save_pretrained(out)
-    if processor is not None and hasattr(processor, "save_pretrained"):
-        processor.save_pretrained(out)
-    (out / PROVENANCE).write_text(json.dumps(_provenance(glasses, "merged"), indent=2))
+    with _staged(out) as tmp:
+        model.save_pretrained(tmp)
+        if processor is not None and hasattr(processor, "save_pretrained"):
+            processor.save_pretrained(tmp)
+        (tmp / PROVENANCE).write_text(json.dumps(_provenance(glasses, "merged"), indent=2))
     return out
 
 
@@ -76,9 +111,10 @@ def export_peft_ia3(model: nn.Module, glasses: Glasses, out_dir: str | Path) -> 
                     raise ValueError(f"PEFT did not wrap {s.module_name}")
                 p = params[key]
                 p.copy_(glasses.alphas[s.module_name].to(p.device, p.dtype).reshape(p.shape))
-        out = Path(out_dir)
-        peft_model.save_pretrained(out)
-        (out / PROVENANCE).write_text(json.dumps(_provenance(glasses, "peft-ia3"), indent=2))
+        out = check_export_dir(out_dir)
+        with _staged(out) as tmp:
+            peft_model.save_pretrained(tmp)
+            (tmp / PROVENANCE).write_text(json.dumps(_provenance(glasses, "peft-ia3"), indent=2))
     finally:
         peft_model.unload()  # restore the plain modules
     return out

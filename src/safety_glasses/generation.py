@@ -35,15 +35,19 @@ def _tokenizer(processor: Any) -> Any:
 def generate_texts(model: nn.Module, processor: Any, prompts: Sequence[str],
                    images: Sequence[Sequence[Image.Image]] | None = None, *, max_new_tokens: int = 64,
                    do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
-                   seed: int | None = None) -> list[str]:
-    """Generate one reply per prompt (batched, left padding); returns only the new text.
+                   seed: int | None = None, layout: str = "auto") -> list[str]:
+    """Generate one reply per prompt (batched, left padding); returns only the new text, stripped.
+
+    ``layout`` (see :data:`safety_glasses.inputs.LAYOUTS`): ``auto`` uses the chat template when there is
+    one, else ``USER: ...\nASSISTANT:``; ``raw`` continues the prompt text as it is (base LMs, AurA).
 
     Example:
         >>> generate_texts(model, processor, ["What colour is the circle?"], [[img]], max_new_tokens=8)
         ['red']
     """
     images = images if images is not None else [[] for _ in prompts]
-    batch = encode_rows(processor, list(prompts), [list(i) for i in images], None, model_config=model.config)
+    batch = encode_rows(processor, list(prompts), [list(i) for i in images], None, model_config=model.config,
+                        layout=layout)
     inputs = to_model_inputs(batch.inputs, model)
     tok = _tokenizer(processor)
     kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample}

@@ -29,7 +29,7 @@ from torch import nn
 
 from .hooks import WEAR_POSITIONS, scaled
 from .models import UnitSite, fold_site, model_identity
-from .strategies import compute_alphas
+from .strategies import compute_alphas, normalize_selection
 
 CONFIG_NAME = "glasses_config.json"
 WEIGHTS_NAME = "glasses.safetensors"
@@ -38,6 +38,34 @@ FORMAT_VERSION = 1
 
 class GlassesMismatchError(ValueError):
     """The glasses were fitted on a model whose units differ from the one they are applied to."""
+
+
+class GlassesError(ValueError):
+    """Glasses that cannot be used: unreadable files, or alphas that are not finite and >= 0."""
+
+
+def check_alphas(alphas: dict[str, torch.Tensor], aurocs: dict[str, torch.Tensor] | None = None) -> None:
+    """Raise :class:`GlassesError` unless every alpha is finite and >= 0 and every AUROC finite in [0, 1].
+
+    NaN or infinite alphas make a model emit empty replies (which a judge then calls safe); negative
+    alphas flip units. Alphas above 1 are allowed (the amplifying ``clamp=False`` variant).
+
+    Example:
+        >>> check_alphas({"m": torch.tensor([0.5, float("nan")])})
+        Traceback (most recent call last):
+        ...
+        safety_glasses.glasses.GlassesError: alpha of m[1] is nan: alphas must be finite and >= 0
+    """
+    for name, a in alphas.items():
+        bad = ~torch.isfinite(a) | (a < 0)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            raise GlassesError(f"alpha of {name}[{i}] is {float(a.reshape(-1)[i]):g}: alphas must be finite and >= 0")
+    for name, v in (aurocs or {}).items():
+        bad = ~torch.isfinite(v) | (v < 0) | (v > 1)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            raise GlassesError(f"AUROC of {name}[{i}] is {float(v.reshape(-1)[i]):g}: AUROCs must be in [0, 1]")
 
 
 @dataclass
@@ -51,9 +79,13 @@ class GlassesConfig:
     top_k: int | None = None
     damp_alpha: float = 0.5
     seed: int = 0
+    clamp: bool = True
+    selection: str = "top-k"
+    fdr: float | None = None
     pooling: str = "mean"
     positions: str = "all"
     layers: list[int] | None = None
+    layout: str = "auto"
     base_model: dict[str, Any] = field(default_factory=dict)
     concepts: dict[str, Any] = field(default_factory=dict)
     transformers_version: str = transformers.__version__
@@ -98,6 +130,7 @@ class Glasses:
         self.config = config
         self.alphas = {n: alphas[n].detach().float().cpu().reshape(-1) for n in names}
         self.aurocs = {n: aurocs[n].detach().float().cpu().reshape(-1) for n in names} if aurocs else {}
+        check_alphas(self.alphas, self.aurocs)
 
     # ---------------------------------------------------------------- inspection
     @property
@@ -106,11 +139,11 @@ class Glasses:
 
     @property
     def n_experts(self) -> int:
-        """Number of units whose alpha is below 1."""
-        return int(sum(int((a < 1.0).sum()) for a in self.alphas.values()))
+        """Number of units the glasses change (alpha != 1: dampened, or amplified with ``clamp=False``)."""
+        return int(sum(int((a != 1.0).sum()) for a in self.alphas.values()))
 
     def summary(self) -> list[dict[str, Any]]:
-        """One row per site: layer, module, units, experts (alpha < 1), min and mean alpha, max AUROC.
+        """One row per site: layer, module, units, experts (alpha != 1), min and mean alpha, max AUROC.
 
         Example:
             >>> glasses.summary()[0]["experts"]
@@ -122,7 +155,7 @@ class Glasses:
             au = self.aurocs.get(s.module_name)
             rows.append({
                 "layer": s.layer, "module": s.module_name, "units": s.size,
-                "experts": int((a < 1.0).sum()), "min_alpha": float(a.min()), "mean_alpha": float(a.mean()),
+                "experts": int((a != 1.0).sum()), "min_alpha": float(a.min()), "mean_alpha": float(a.mean()),
                 "max_auroc": float(au.max()) if au is not None and au.numel() else None,
             })
         return rows
@@ -132,13 +165,18 @@ class Glasses:
         return {str(r["layer"]): r["experts"] for r in self.summary()}
 
     def derive(self, strategy: str, *, threshold: float | None = None, top_k: int | None = None,
-               damp_alpha: float | None = None, seed: int | None = None) -> "Glasses":
+               damp_alpha: float | None = None, seed: int | None = None, clamp: bool | None = None,
+               selection: str | None = None, fdr: float | None = None) -> "Glasses":
         """New glasses from the same AUROCs with another strategy (no new recording).
+
+        ``fdr`` (significant experts only, see :mod:`safety_glasses.strategies`) is not inherited: pass it
+        for each derived pair of glasses that should use it.
 
         Example:
             >>> control = glasses.derive("random", seed=1)
             >>> control.n_experts == glasses.n_experts
             True
+            >>> strict = glasses.derive("aura", fdr=0.05)  # only units significantly above AUROC 0.5
         """
         if not self.aurocs:
             raise ValueError("these glasses carry no AUROC vectors to derive from")
@@ -147,11 +185,15 @@ class Glasses:
                                "strategy": strategy,
                                "threshold": c.threshold if threshold is None else threshold,
                                "top_k": top_k, "damp_alpha": c.damp_alpha if damp_alpha is None else damp_alpha,
-                               "seed": c.seed if seed is None else seed})
+                               "seed": c.seed if seed is None else seed,
+                               "clamp": c.clamp if clamp is None else clamp,
+                               "selection": c.selection if selection is None else normalize_selection(selection),
+                               "fdr": fdr})
         if strategy == "random" and top_k is None and c.strategy == "aura" and c.top_k is not None:
             cfg.top_k = c.top_k
         alphas = compute_alphas(self.aurocs, strategy, threshold=cfg.threshold, top_k=cfg.top_k,
-                                damp_alpha=cfg.damp_alpha, seed=cfg.seed)
+                                damp_alpha=cfg.damp_alpha, seed=cfg.seed, clamp=cfg.clamp, selection=cfg.selection,
+                                fdr=cfg.fdr, **class_counts(c.concepts))
         return Glasses(cfg, alphas, self.aurocs)
 
     # ---------------------------------------------------------------- checks
@@ -255,11 +297,22 @@ class Glasses:
         cfg_path, w_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
         if not cfg_path.is_file() or not w_path.is_file():
             raise FileNotFoundError(f"{directory} is not a glasses folder (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
-        cfg = GlassesConfig.from_dict(json.loads(cfg_path.read_text()))
-        tensors = load_file(str(w_path))
+        try:
+            cfg = GlassesConfig.from_dict(json.loads(cfg_path.read_text(encoding="utf-8")))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise GlassesError(f"{cfg_path} is not valid JSON ({type(err).__name__}): truncated or corrupt") from None
+        except (KeyError, TypeError, ValueError) as err:
+            raise GlassesError(f"{cfg_path} is not a glasses config ({type(err).__name__}: {err})") from None
+        try:
+            tensors = load_file(str(w_path))
+        except Exception as err:  # noqa: BLE001 - safetensors raises its own error type on corrupt files
+            raise GlassesError(f"{w_path} is unreadable, truncated or corrupt ({type(err).__name__})") from None
         alphas = {n[len("alpha."):]: t for n, t in tensors.items() if n.startswith("alpha.")}
         aurocs = {n[len("auroc."):]: t for n, t in tensors.items() if n.startswith("auroc.")}
-        return cls(cfg, alphas, aurocs or None)
+        try:
+            return cls(cfg, alphas, aurocs or None)
+        except ValueError as err:
+            raise GlassesError(f"glasses {directory}: {err}") from None
 
     def __repr__(self) -> str:
         return (f"Glasses(strategy={self.config.strategy!r}, sites={len(self.config.sites)}, "
@@ -277,13 +330,32 @@ def _site_width(module: nn.Module, where: str) -> int | None:
     return int(w.shape[1] if is_conv1d else w.shape[0])
 
 
+def class_counts(concepts: dict[str, Any]) -> dict[str, int | None]:
+    """``{"n_pos", "n_neg"}`` from a glasses config's ``concepts`` entry (None where it was not recorded).
+
+    Example:
+        >>> class_counts({"counts": {"toxic": 19, "non-toxic": 158}})
+        {'n_pos': 19, 'n_neg': 158}
+    """
+    counts = (concepts or {}).get("counts") or {}
+    return {"n_pos": counts.get("toxic"), "n_neg": counts.get("non-toxic")}
+
+
 def new_glasses(model: nn.Module, sites: Sequence[UnitSite], aurocs: dict[str, torch.Tensor], *,
                 strategy: str = "aura", threshold: float = 0.5, top_k: int | None = None,
-                damp_alpha: float = 0.5, seed: int = 0, **config: Any) -> Glasses:
-    """Glasses for ``model`` from per-site AUROC vectors (the last step of :func:`fit_glasses`)."""
-    alphas = compute_alphas(aurocs, strategy, threshold=threshold, top_k=top_k, damp_alpha=damp_alpha, seed=seed)
+                damp_alpha: float = 0.5, seed: int = 0, clamp: bool = True, selection: str = "top-k",
+                fdr: float | None = None, **config: Any) -> Glasses:
+    """Glasses for ``model`` from per-site AUROC vectors (the last step of :func:`fit_glasses`).
+
+    ``fdr`` needs ``concepts={"counts": {"toxic": n_pos, "non-toxic": n_neg}, ...}`` among ``config``.
+
+    Example:
+        >>> g = new_glasses(model, sites, aurocs, concepts={"counts": {"toxic": 40, "non-toxic": 300}}, fdr=0.05)  # doctest: +SKIP
+    """
+    alphas = compute_alphas(aurocs, strategy, threshold=threshold, top_k=top_k, damp_alpha=damp_alpha, seed=seed,
+                            clamp=clamp, selection=selection, fdr=fdr, **class_counts(config.get("concepts", {})))
     cfg = GlassesConfig(strategy=strategy, sites=list(sites), unit_kind=sites[0].kind if sites else "act",
-                        threshold=threshold, top_k=top_k, damp_alpha=damp_alpha, seed=seed,
-                        base_model=model_identity(model), **config)
+                        threshold=threshold, top_k=top_k, damp_alpha=damp_alpha, seed=seed, clamp=clamp,
+                        selection=normalize_selection(selection), fdr=fdr, base_model=model_identity(model), **config)
     return Glasses(cfg, alphas, aurocs)
 

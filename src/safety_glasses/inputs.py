@@ -12,6 +12,10 @@ Text layout:
   (``"USER: {prompt}\\nASSISTANT:"`` without images / response), where ``<image>`` is the model's image
   placeholder token (the processor's ``image_token``, else ``config.image_token_id``). The tokenizer's own
   special tokens (e.g. BOS) are added when encoding the plain layout, not when encoding a template.
+* the raw layout (``layout="raw"``, and any row whose prompt is empty and has no image): the prompt
+  continued by the response, ``"{prompt} {response}"``, as a base LM reads text; with an empty prompt the
+  response is the whole text (AurA's recording of plain sentences). No template is needed, and the
+  tokenizer's BOS is added as for plain text.
 
 Batches are left-padded; for text-only models (a bare tokenizer) ``inputs`` also holds ``position_ids``
 counted from each row's first real token, so that models with learned absolute positions (GPT-2) see the
@@ -41,9 +45,14 @@ from typing import Any
 import torch
 from PIL import Image
 
-__all__ = ["EncodedBatch", "MASK_NAMES", "build_text", "encode_rows", "image_token_ids", "tokenizer_of"]
+__all__ = ["EncodedBatch", "LAYOUTS", "MASK_NAMES", "build_text", "encode_rows", "image_token_ids", "row_layout",
+           "tokenizer_of"]
 
 MASK_NAMES: tuple[str, ...] = ("all", "text", "image", "response", "prompt")
+LAYOUTS: tuple[str, ...] = ("auto", "chat", "plain", "raw")
+"""How a row becomes text: ``chat`` (the chat template), ``plain`` (``USER: ...\nASSISTANT: ...``), ``raw``
+(the prompt continued directly, as a base LM reads text; AurA's layout), ``auto`` (chat when the model has
+a template, else plain; a row with an empty prompt and no image is always raw)."""
 _DROP_KEYS = ("labels",)
 
 
@@ -114,6 +123,39 @@ def image_token_ids(processor: Any, model_config: Any = None) -> list[int]:
     return []
 
 
+def row_layout(processor_or_tokenizer: Any, prompt: str, n_images: int, layout: str = "auto") -> str:
+    """The layout (``chat``, ``plain`` or ``raw``) one row is rendered in; see :data:`LAYOUTS`.
+
+    Raises ``ValueError`` for ``chat`` without a template and for images in the ``raw`` layout.
+
+    Example:
+        >>> from safety_glasses.testing import tiny_vlm
+        >>> tok = tiny_vlm("llama")[1]
+        >>> row_layout(tok, "Hi", 0), row_layout(tok, "", 0), row_layout(tiny_vlm("gpt2")[1], "Hi", 0)
+        ('chat', 'raw', 'plain')
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    if layout == "auto":
+        if not prompt.strip() and n_images == 0:
+            return "raw"
+        return "chat" if _chat_template(processor_or_tokenizer) is not None else "plain"
+    if layout == "chat" and _chat_template(processor_or_tokenizer) is None:
+        raise ValueError("layout 'chat' needs a chat template, and this model has none (use plain or raw)")
+    if layout == "raw" and n_images:
+        raise ValueError("the raw layout takes text only (this row has images)")
+    return layout
+
+
+def _join_raw(prompt: str, response: str | None) -> str:
+    """A prompt continued by its response: one space between them unless either side brings whitespace."""
+    if not response:
+        return prompt
+    if not prompt or prompt[-1].isspace() or response[0].isspace():
+        return prompt + response
+    return f"{prompt} {response}"
+
+
 def build_text(
     processor_or_tokenizer: Any,
     prompt: str,
@@ -121,23 +163,31 @@ def build_text(
     response: str | None,
     *,
     model_config: Any = None,
+    layout: str = "auto",
 ) -> str:
-    """Render one row as the text the processor expects (chat template, else the plain layout).
+    """Render one row as the text the processor expects, in the row's layout (:func:`row_layout`).
 
-    See the module docstring for the exact layout. With ``response=None`` the text ends with the
-    generation prompt (ready for ``generate``); otherwise it ends right after the response.
+    See the module docstring for the exact layouts. With ``response=None`` the text ends with the
+    generation prompt (ready for ``generate``; in the raw layout: the prompt itself); otherwise it ends
+    right after the response. A chat template that trims the reply (Gemma's) is matched on the trimmed
+    reply.
 
     Example:
         >>> from safety_glasses.testing import tiny_vlm
         >>> build_text(tiny_vlm("gpt2")[1], "Hi", 0, "Hello")
         'USER: Hi\\nASSISTANT: Hello'
+        >>> build_text(tiny_vlm("llama")[1], "The cat", 0, "sat down.", layout="raw")
+        'The cat sat down.'
     """
     if n_images < 0:
         raise ValueError(f"n_images must be >= 0, got {n_images}")
     if response == "":
         response = None  # an empty reply is the bare generation prompt
     tok = tokenizer_of(processor_or_tokenizer)
-    template = _chat_template(processor_or_tokenizer)
+    chosen = row_layout(processor_or_tokenizer, prompt, n_images, layout)
+    if chosen == "raw":
+        return _join_raw(prompt, response)
+    template = _chat_template(processor_or_tokenizer) if chosen == "chat" else None
     if template is None:
         images = ""
         if n_images:
@@ -159,10 +209,13 @@ def build_text(
         messages, chat_template=template, tokenize=False, add_generation_prompt=response is None
     )
     if response is not None:
-        cut = text.rfind(response)
-        if cut < 0:
+        for needle in dict.fromkeys((response, response.strip())):
+            cut = text.rfind(needle) if needle else -1
+            if cut >= 0:
+                text = text[: cut + len(needle)]
+                break
+        else:
             raise ValueError("the chat template did not render the response text; cannot locate the reply")
-        text = text[: cut + len(response)]
     return str(text)
 
 
@@ -252,6 +305,15 @@ def _common_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
     return int(diff[0, 0]) if diff.numel() else n
 
 
+def _bos_text(tok: Any) -> str:
+    """The BOS token's text when the tokenizer adds it to plain text by itself (Llama, Gemma), else ``""``."""
+    bos = getattr(tok, "bos_token", None)
+    if not bos or getattr(tok, "bos_token_id", None) is None:
+        return ""
+    ids = tok("a", add_special_tokens=True)["input_ids"]
+    return str(bos) if ids and ids[0] == tok.bos_token_id else ""
+
+
 def encode_rows(
     processor: Any,
     prompts: Sequence[str],
@@ -259,12 +321,15 @@ def encode_rows(
     responses: Sequence[str | None] | None,
     *,
     model_config: Any = None,
+    layout: str = "auto",
 ) -> EncodedBatch:
     """Encode a batch of rows with left padding, returning inputs and token masks.
 
     ``images[i]`` lists row ``i``'s images (empty for text-only rows; rows with and without images can be
     mixed). ``responses`` gives each row's assistant reply (None entries, or ``responses=None``, encode
-    the prompt with the generation prompt, ready for ``generate``). ``processor`` is a multimodal
+    the prompt with the generation prompt, ready for ``generate``). ``layout`` is one of :data:`LAYOUTS`
+    (rows with an empty prompt and no image are raw text: the response is the whole text, AurA's
+    recording of plain sentences). ``processor`` is a multimodal
     processor or, for text-only models, a tokenizer. ``model_config`` tells which token ids are image
     placeholders (falls back to the processor's ``image_token``).
 
@@ -283,12 +348,19 @@ def encode_rows(
     replies: list[str | None] = [None] * n if responses is None else list(responses)
     if len(replies) != n:
         raise ValueError(f"got {n} prompts but {len(replies)} responses")
-    special = _chat_template(processor) is None
     image_lists = [list(row) for row in images]
-    full_texts = [
-        build_text(processor, p, len(imgs), r, model_config=model_config)
-        for p, imgs, r in zip(prompts, image_lists, replies)
-    ]
+    layouts = [row_layout(processor, p, len(imgs), layout) for p, imgs in zip(prompts, image_lists)]
+    # Templates write their own special tokens; plain and raw text get the tokenizer's (BOS). In a batch
+    # that mixes both, the non-template rows get the BOS text written out instead.
+    special = "chat" not in layouts
+    bos = "" if special else _bos_text(tokenizer_of(processor))
+
+    def render(i: int, response: str | None) -> str:
+        text = build_text(processor, prompts[i], len(image_lists[i]), response, model_config=model_config,
+                          layout=layouts[i])
+        return text if layouts[i] == "chat" else bos + text
+
+    full_texts = [render(i, r) for i, r in enumerate(replies)]
     inputs = _encode(processor, full_texts, image_lists, special)
     attention = inputs["attention_mask"].bool()
     ids = inputs["input_ids"]
@@ -296,10 +368,7 @@ def encode_rows(
     response = torch.zeros_like(attention)
     with_reply = [i for i, r in enumerate(replies) if r is not None]
     if with_reply:
-        prompt_texts = [
-            build_text(processor, prompts[i], len(image_lists[i]), None, model_config=model_config)
-            for i in with_reply
-        ]
+        prompt_texts = [render(i, None) for i in with_reply]
         prompt_enc = _encode(processor, prompt_texts, [image_lists[i] for i in with_reply], special)
         p_ids, p_att = prompt_enc["input_ids"], prompt_enc["attention_mask"].bool()
         for j, i in enumerate(with_reply):

@@ -6,8 +6,12 @@ A *unit site* is one module whose input or output last dimension holds the units
 * ``gate`` / ``up`` / ``down`` -- the outputs of ``gate_proj`` / ``up_proj`` / ``down_proj``.
 
 GPT-2 style MLPs (``c_fc`` -> act -> ``c_proj``, Conv1D) map ``act`` to the input of ``c_proj``, ``up`` to
-the output of ``c_fc`` and ``down`` to the output of ``c_proj``; they have no ``gate``. OPT/Phi style MLPs
-(``fc1`` -> act -> ``fc2``) map the same way. Only the language tower is ever selected.
+the output of ``c_fc`` and ``down`` to the output of ``c_proj``; they have no ``gate``. OPT/BART/Kosmos-2 style
+MLPs (``fc1`` -> act -> ``fc2``, also directly on the decoder layer) map the same way, as do T5's
+``wi``/``wi_0``/``wi_1``/``wo``. The MLP and the decoder are found by structure (a down projection fed by
+an up projection; ``get_decoder()`` followed down), so AyaVision, Cohere2Vision, Kosmos-2, BLIP-2 /
+InstructBLIP (OPT), Llama-4 (dense layers) and Florence-2 (its BART decoder) resolve like LLaVA; a
+mixture-of-experts MLP is refused with a message. Only the language tower is ever selected.
 
 Example:
     >>> from safety_glasses.testing import tiny_vlm
@@ -37,6 +41,7 @@ __all__ = [
     "UNIT_KINDS",
     "load_vlm",
     "load_processor",
+    "resolve_source",
     "build_processor",
     "decoder_layers",
     "parse_layers",
@@ -121,7 +126,8 @@ def load_vlm(
     dtype: str | torch.dtype | None = None,
     device_map: str | dict[str, Any] | None = None,
 ) -> tuple[Any, Any]:
-    """Load a model and its processor from a local folder or a hub id through transformers' Auto classes.
+    """Load a model and its processor from a local folder, a hub id or a prepared real-model name
+    (``smollm2-135m``, ``gemma3-270m``: see :func:`resolve_source`) through transformers' Auto classes.
 
     Tries ``AutoModelForImageTextToText``, ``AutoModelForVision2Seq`` (when this transformers has it) and
     ``AutoModelForCausalLM`` in that order; the processor comes from :func:`load_processor`. ``dtype`` is
@@ -134,7 +140,7 @@ def load_vlm(
     import transformers
     from transformers import AutoConfig
 
-    source = str(path_or_id)
+    source = resolve_source(path_or_id)
     torch_dtype = _parse_dtype(dtype)
     try:
         config = AutoConfig.from_pretrained(source)
@@ -164,6 +170,22 @@ def load_vlm(
         raise ModelLoadError(f"cannot load a model from {source!r}; tried: " + "; ".join(tried))
     model.eval()
     return model, load_processor(source, config)
+
+
+def resolve_source(path_or_id: str | Path) -> str:
+    """What :func:`load_vlm` loads for ``path_or_id``: a prepared real-model name (``sgm models list``)
+    becomes its cache folder; folders and hub ids are returned unchanged.
+
+    Example:
+        >>> resolve_source("llava-hf/llava-1.5-7b-hf")
+        'llava-hf/llava-1.5-7b-hf'
+    """
+    from .real.cache import resolve_model
+
+    try:
+        return resolve_model(path_or_id)
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise ModelLoadError(str(exc)) from exc
 
 
 def load_processor(path_or_id: str | Path, config: Any | None = None) -> Any:
@@ -289,7 +311,6 @@ def build_processor(processor_cls: str | type, tokenizer: Any, image_processor: 
 # ----------------------------------------------------------------------------------------------------------
 
 _VISION_NAMES = ("vision_tower", "vision_model", "visual", "vision_encoder", "image_encoder", "vision")
-_VISION_CLASS = re.compile(r"Vision(Model|Transformer|Tower|Encoder)|VisionTransformer|ViT")
 _DECODER_CANDIDATES = (
     "model.language_model",
     "language_model",
@@ -301,18 +322,36 @@ _DECODER_CANDIDATES = (
     "gpt_neox",
     "decoder",
 )
-_LAYER_ATTRS = ("layers", "h", "layer", "blocks")
-_MLP_ATTRS = ("mlp", "feed_forward", "ffn")
-_DOWN_NAMES = ("down_proj", "c_proj", "fc2", "w2", "dense_4h_to_h")
-_GATE_NAMES = ("gate_proj", "w1")
-_UP_NAMES = ("up_proj", "c_fc", "fc1", "w3", "dense_h_to_4h")
+_LAYER_ATTRS = ("layers", "h", "layer", "blocks", "block")
+_MLP_ATTRS = ("mlp", "feed_forward", "ffn")  # the usual homes of the MLP (any sub-module is searched)
+_DOWN_NAMES = ("down_proj", "c_proj", "fc2", "w2", "dense_4h_to_h", "fc_out", "wo")
+_GATE_NAMES = ("gate_proj", "w1", "wi_0")
+_UP_NAMES = ("up_proj", "c_fc", "fc1", "w3", "dense_h_to_4h", "fc_in", "wi_1", "wi")
+_FUSED_NAMES = ("gate_up_proj",)  # Phi-3 style: gate and up in one projection
 
 
-def _vision_paths(model: nn.Module) -> list[str]:
+def _other_towers(model: nn.Module) -> list[str]:
+    """Paths of the sub-models of other modalities, found by structure: modules whose ``config`` is one
+    of the model's sub-configs other than the text one (vision tower, Q-Former, audio encoder), and
+    modules attached under a vision tower's usual attribute names. Class names are not used (AyaVision's
+    and Cohere2Vision's base models are called ``...VisionModel`` and hold the language model)."""
+    config = getattr(model, "config", None)
+    others: list[Any] = []
+    if config is not None:
+        try:
+            text = config.get_text_config(decoder=True)
+        except Exception:  # noqa: BLE001 - custom configs
+            text = None
+        for key in getattr(config, "sub_configs", None) or {}:
+            sub = getattr(config, key, None)
+            if sub is not None and sub is not text and sub is not config and "text" not in key:
+                others.append(sub)
     paths = []
     for name, module in model.named_modules():
-        last = name.rsplit(".", 1)[-1]
-        if name and (last in _VISION_NAMES or _VISION_CLASS.search(type(module).__name__)):
+        if not name or _inside(name, paths):
+            continue
+        cfg = getattr(module, "config", None)
+        if (cfg is not None and any(cfg is o for o in others)) or name.rsplit(".", 1)[-1] in _VISION_NAMES:
             paths.append(name)
     return paths
 
@@ -328,19 +367,106 @@ def _path_of(model: nn.Module, target: nn.Module) -> str | None:
     return None
 
 
-def _layers_of(module: nn.Module) -> tuple[str, nn.ModuleList] | None:
-    for attr in _LAYER_ATTRS:
-        layers = getattr(module, attr, None)
-        if isinstance(layers, nn.ModuleList) and len(layers) > 0:
-            return attr, layers
+def _decoder_chain(model: nn.Module) -> list[nn.Module]:
+    """``model.get_decoder()``, then that module's ``get_decoder()``, ... (deepest last): a VLM's language
+    model, then its decoder stack (BLIP-2's OPT, Florence-2's BART decoder)."""
+    chain: list[nn.Module] = []
+    current: Any = model
+    for _ in range(6):
+        get = getattr(current, "get_decoder", None)
+        if not callable(get):
+            break
+        try:
+            nxt = get()
+        except Exception:  # noqa: BLE001 - some models raise when they have no decoder
+            break
+        if not isinstance(nxt, nn.Module) or nxt is current or any(nxt is c for c in chain):
+            break
+        chain.append(nxt)
+        current = nxt
+    return chain
+
+
+def _projection(parent: nn.Module, names: Sequence[str]) -> tuple[str, nn.Module] | None:
+    for name in names:
+        child = getattr(parent, name, None)
+        if isinstance(child, nn.Module) and isinstance(getattr(child, "weight", None), torch.Tensor) \
+                and child.weight.dim() == 2:
+            return name, child
     return None
+
+
+def _mlp_pair(module: nn.Module) -> bool:
+    """True when ``module`` holds an MLP: a down projection fed by an up (or gate, or fused) projection."""
+    down = _projection(module, _DOWN_NAMES)
+    if down is None:
+        return False
+    width = _features(down[1])[0]
+    for names, factor in ((_UP_NAMES, 1), (_GATE_NAMES, 1), (_FUSED_NAMES, 2)):
+        up = _projection(module, names)
+        if up is not None and _features(up[1])[1] == factor * width:
+            return True
+    return False
+
+
+def _find_mlp(layer: nn.Module) -> tuple[str, str, nn.Module] | None:
+    """``(kind, relative path, module)`` of a decoder layer's MLP, breadth first (the layer itself for
+    OPT/BART, ``mlp``/``ffn``/``feed_forward``/``layer.2.DenseReluDense`` elsewhere); kind ``moe`` for a
+    mixture of experts (a module with ``experts``), ``dense`` otherwise; None when there is none."""
+    queue: list[tuple[str, nn.Module]] = [("", layer)]
+    while queue:
+        path, module = queue.pop(0)
+        if isinstance(getattr(module, "experts", None), (nn.Module, torch.Tensor)):
+            return "moe", path, module
+        if _mlp_pair(module):
+            return "dense", path, module
+        queue.extend((f"{path}.{n}" if path else n, c) for n, c in module.named_children())
+    return None
+
+
+def _layer_lists(root: nn.Module, root_path: str, towers: Sequence[str],
+                 structural: bool) -> list[tuple[str, nn.ModuleList]]:
+    """Non-empty ``ModuleList``s under ``root`` outside other towers whose first element holds an MLP
+    (``structural``), or that sit under a usual layer attribute name (the fallback)."""
+    out = []
+    for name, module in root.named_modules():
+        if not isinstance(module, nn.ModuleList) or len(module) == 0:
+            continue
+        full = f"{root_path}.{name}" if root_path and name else (name or root_path)
+        if _inside(full, towers):
+            continue
+        if structural:
+            if _find_mlp(module[0]) is not None:
+                out.append((full, module))
+        elif name.rsplit(".", 1)[-1] in _LAYER_ATTRS:
+            out.append((full, module))
+    return out
+
+
+def _best_list(lists: list[tuple[str, nn.ModuleList]], root_path: str) -> tuple[str, nn.ModuleList] | None:
+    """The decoder stack among layer lists: not an encoder's when a decoder's exists, then the shallowest."""
+    if not lists:
+        return None
+
+    def rank(item: tuple[str, nn.ModuleList]) -> tuple[int, int]:
+        rel = item[0][len(root_path):].lstrip(".")
+        parts = rel.split(".")
+        encoder = any("encoder" in p for p in parts)
+        return (1 if encoder else 0, len(parts))
+
+    return min(lists, key=rank)
 
 
 def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
     """The language tower's decoder layers and the module path of their ``ModuleList``.
 
-    Uses ``model.get_decoder()`` when available (its path is found by identity in ``named_modules()``),
-    then a list of known attribute paths. Layers inside a vision tower are never returned.
+    Resolved by structure: follow ``model.get_decoder()`` (and the returned module's own
+    ``get_decoder()``) to the language decoder, then take the shallowest ``ModuleList`` under it
+    whose layers hold an MLP (a down projection fed by an up projection), so layers one level below
+    ``get_decoder()`` (Kosmos-2, BLIP-2, Llama-4) and the decoder of an encoder-decoder language
+    model (Florence-2's BART) are found; known attribute paths and the whole model are tried next.
+    Towers of other modalities (the vision tower, a Q-Former) are recognised by their sub-config,
+    never by class names, and are never returned.
 
     Example:
         >>> from safety_glasses.testing import tiny_vlm
@@ -348,43 +474,26 @@ def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
         >>> prefix, len(layers)
         ('model.language_model.layers', 2)
     """
-    vision = _vision_paths(model)
-    tried: list[str] = []
-    candidates: list[tuple[str, nn.Module]] = []
-    get_decoder = getattr(model, "get_decoder", None)
-    if callable(get_decoder):
-        try:
-            decoder = get_decoder()
-        except Exception as exc:  # noqa: BLE001
-            tried.append(f"get_decoder() ({_short(exc, 80)})")
-            decoder = None
-        if isinstance(decoder, nn.Module):
-            path = _path_of(model, decoder)
-            if path is not None:
-                candidates.append((path, decoder))
+    towers = _other_towers(model)
     modules = dict(model.named_modules())
-    absent = []
-    for path in _DECODER_CANDIDATES:
-        if path in modules:
-            candidates.append((path, modules[path]))
-        else:
-            absent.append(path)
-    if absent:
-        tried.append(f"decoder paths {', '.join(absent)} (absent)")
-    candidates.append(("", model))
-    for path, module in candidates:
-        found = _layers_of(module)
-        label = path or "<root>"
-        if found is None:
-            tried.append(f"{label}.{{{','.join(_LAYER_ATTRS)}}}")
-            continue
-        prefix = f"{path}.{found[0]}" if path else found[0]
-        if _inside(prefix, vision):
-            tried.append(f"{prefix} (inside a vision tower)")
-            continue
-        return prefix, found[1]
+    roots: list[tuple[str, nn.Module]] = []
+    for decoder in reversed(_decoder_chain(model)):
+        path = _path_of(model, decoder)
+        if path is not None and not _inside(path, towers):
+            roots.append((path, decoder))
+    roots += [(p, modules[p]) for p in _DECODER_CANDIDATES if p in modules and not _inside(p, towers)]
+    roots.append(("", model))
+    for structural in (True, False):
+        for path, root in roots:
+            best = _best_list(_layer_lists(root, path, towers, structural), path)
+            if best is not None:
+                return best
+    tried = [f"{p or '<root>'}" for p, _ in roots]
+    absent = [p for p in _DECODER_CANDIDATES if p not in modules]
     raise UnitResolutionError(
-        f"cannot find the language decoder layers of {type(model).__name__}; tried: " + ", ".join(tried)
+        f"cannot find the language decoder layers of {type(model).__name__}: no ModuleList of layers with an "
+        f"MLP (or named {', '.join(_LAYER_ATTRS)}) under {', '.join(tried)}, outside the towers "
+        f"{towers or 'none'}; decoder paths {', '.join(absent)} are absent"
     )
 
 
@@ -480,38 +589,36 @@ def _features(module: nn.Module) -> tuple[int, int]:
     return int(weight.shape[1]), int(weight.shape[0])
 
 
-def _child(parent: nn.Module, names: Sequence[str]) -> tuple[str, nn.Module] | None:
-    for name in names:
-        child = getattr(parent, name, None)
-        if isinstance(child, nn.Module) and isinstance(getattr(child, "weight", None), torch.Tensor):
-            return name, child
-    return None
-
-
 def _site_in_layer(layer: nn.Module, layer_path: str, index: int, kind: str) -> UnitSite:
-    mlp_found = None
-    for attr in _MLP_ATTRS:
-        mlp = getattr(layer, attr, None)
-        if isinstance(mlp, nn.Module):
-            mlp_found = (attr, mlp)
-            break
-    if mlp_found is None:
-        raise UnitResolutionError(
-            f"decoder layer {layer_path} ({type(layer).__name__}) has no MLP; tried attributes {', '.join(_MLP_ATTRS)}"
-        )
-    mlp_attr, mlp = mlp_found
-    names = {"act": _DOWN_NAMES, "down": _DOWN_NAMES, "gate": _GATE_NAMES, "up": _UP_NAMES}[kind]
-    found = _child(mlp, names)
+    found = _find_mlp(layer)
     if found is None:
         raise UnitResolutionError(
-            f"no {kind!r} units in {layer_path}.{mlp_attr} ({type(mlp).__name__}); tried sub-modules "
-            f"{', '.join(names)}" + ("; this MLP has no gate" if kind == "gate" else "")
+            f"decoder layer {layer_path} ({type(layer).__name__}) has no MLP: no sub-module (tried the layer, "
+            f"{', '.join(_MLP_ATTRS)} and the rest) with a down projection ({', '.join(_DOWN_NAMES)}) fed by an up "
+            f"projection ({', '.join(_UP_NAMES + _GATE_NAMES + _FUSED_NAMES)})"
         )
-    name, module = found
+    mlp_kind, rel, mlp = found
+    where_mlp = f"{layer_path}.{rel}" if rel else layer_path
+    if mlp_kind == "moe":
+        raise UnitResolutionError(
+            f"decoder layer {index} ({where_mlp}, {type(mlp).__name__}) is a mixture of experts: MoE MLPs are not "
+            "supported (a unit belongs to one expert that only some tokens use); select dense layers with "
+            "--layers (layers=...)"
+        )
+    names = {"act": _DOWN_NAMES, "down": _DOWN_NAMES, "gate": _GATE_NAMES, "up": _UP_NAMES}[kind]
+    child = _projection(mlp, names)
+    if child is None:
+        fused = _projection(mlp, _FUSED_NAMES) is not None and kind in ("gate", "up")
+        raise UnitResolutionError(
+            f"no {kind!r} units in {where_mlp} ({type(mlp).__name__}); tried sub-modules {', '.join(names)}"
+            + ("; this MLP has no gate" if kind == "gate" and not fused else "")
+            + ("; its gate and up projections are fused (gate_up_proj): use act or down" if fused else "")
+        )
+    name, module = child
     fan_in, fan_out = _features(module)
     where: Literal["input", "output"] = "input" if kind == "act" else "output"
     size = fan_in if where == "input" else fan_out
-    return UnitSite(f"{layer_path}.{mlp_attr}.{name}", index, kind, size, where)  # type: ignore[arg-type]
+    return UnitSite(f"{where_mlp}.{name}", index, kind, size, where)  # type: ignore[arg-type]
 
 
 def resolve_units(
@@ -537,8 +644,8 @@ def resolve_units(
     except ValueError as exc:
         raise UnitResolutionError(f"{type(model).__name__}: {exc}") from exc
     sites = [_site_in_layer(layer_list[i], f"{prefix}.{i}", i, kind) for i in indices]
-    vision = _vision_paths(model)
-    bad = [s.module_name for s in sites if _inside(s.module_name, vision)]
+    towers = _other_towers(model)
+    bad = [s.module_name for s in sites if _inside(s.module_name, towers)]
     if bad:
         raise UnitResolutionError(f"refusing unit sites inside a vision tower: {bad}")
     return sites

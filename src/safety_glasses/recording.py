@@ -9,6 +9,14 @@ Pooling over tokens (``pooling``): ``mean`` (default), ``max``, ``last`` (the la
 token). Token mask (``positions``): ``all`` (default), ``text``, ``image``, ``response``,
 ``prompt``. Padding is always excluded. A row whose mask selects no token (e.g. ``image`` on
 a text-only row) records zeros and is counted in ``recording.json`` as ``empty_rows``.
+
+Sites that do not run on a row: some decoders skip a layer's MLP when there is no image
+(Llama-3.2-Vision's cross-attention layers, on text-only rows). Such rows are recorded as NaN for
+that site and counted per site in ``recording.json`` (``site_rows``: rows where each site ran);
+AUROC is then computed over the rows where the site ran (see :func:`safety_glasses.fitting.fit_glasses`).
+A batch that mixes rows with and without images runs as two forward passes, so what a row records
+never depends on the rows batched with it (Mllama masks a text-only row's cross-attention MLP
+out inside a batch with images). Real NaN activations are an error.
 """
 
 from __future__ import annotations
@@ -66,11 +74,21 @@ class Recording:
         return cls(directory, sites, np.asarray(meta["labels"], dtype=np.int8), meta)
 
     def matrix(self, module_name: str) -> np.ndarray:
-        """The ``[rows, units]`` float16 matrix of one site, memory-mapped read-only."""
+        """The ``[rows, units]`` float16 matrix of one site, memory-mapped read-only (NaN rows: the
+        site did not run on that row)."""
         for i, s in enumerate(self.sites):
             if s.module_name == module_name:
                 return np.load(self.directory / _site_file(i), mmap_mode="r")
         raise KeyError(module_name)
+
+    def ran(self, module_name: str) -> np.ndarray:
+        """``[rows]`` bool: the rows on which the site ran (its values are not NaN).
+
+        Example:
+            >>> rec.ran(rec.sites[0].module_name).all()  # doctest: +SKIP
+            True
+        """
+        return ~np.isnan(np.asarray(self.matrix(module_name)[:, 0], dtype=np.float32))
 
 
 def _site_file(i: int) -> str:
@@ -106,14 +124,15 @@ def pool(x: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
 
 
 class _PoolHook(ProjectHook):
-    """Pools one site's activation under the current batch's token mask."""
+    """Pools one site's activation under the current batch's token masks, once per (pooling, positions) variant."""
 
-    def __init__(self, where: str, pooling: str, state: dict[str, torch.Tensor]) -> None:
-        self.where, self.pooling, self.state = where, pooling, state
-        self.value: torch.Tensor | None = None
+    def __init__(self, where: str, variants: Sequence[tuple[str, str]], state: dict[str, Any]) -> None:
+        self.where, self.variants, self.state = where, list(variants), state
+        self.value: list[torch.Tensor] | None = None
 
     def _take(self, x: torch.Tensor) -> None:
-        self.value = pool(x, self.state["mask"], self.pooling).cpu()
+        masks = self.state["masks"]
+        self.value = [pool(x, masks[positions], how).cpu() for how, positions in self.variants]
 
     def pre(self, module: nn.Module, args: tuple) -> None:
         self._take(args[0])
@@ -123,8 +142,9 @@ class _PoolHook(ProjectHook):
 
 
 def _expected_meta(model: nn.Module, concepts: ConceptSet, sites: Sequence[UnitSite],
-                   pooling: str, positions: str) -> dict[str, Any]:
-    return {
+                   pooling: str, positions: str, layout: str = "auto") -> dict[str, Any]:
+    extra = {} if layout == "auto" else {"layout": layout}  # recordings made before layouts stay resumable
+    return {**extra,
         "version": 1,
         "n_rows": len(concepts),
         "pooling": pooling,
@@ -156,7 +176,7 @@ def _prepare(directory: Path, expected: dict[str, Any]) -> tuple[dict[str, Any],
                 f"{directory} holds a different recording (model, concepts, sites, pooling or positions "
                 "differ); use another folder or delete it")
     else:
-        meta = dict(expected, rows_done=0, empty_rows=0)
+        meta = dict(expected, rows_done=0, empty_rows=0, site_rows=[0] * len(sites))
         for i, s in enumerate(sites):
             mm = np.lib.format.open_memmap(directory / _site_file(i), mode="w+", dtype=np.float16,
                                            shape=(expected["n_rows"], s["size"]))
@@ -166,13 +186,32 @@ def _prepare(directory: Path, expected: dict[str, Any]) -> tuple[dict[str, Any],
     return meta, offsets
 
 
-@torch.no_grad()
+def _image_groups(rows: Sequence[Any]) -> list[list[int]]:
+    """Indices of a batch split into rows with images and rows without (one group when not mixed)."""
+    with_images = [j for j, r in enumerate(rows) if r.images]
+    without = [j for j, r in enumerate(rows) if not r.images]
+    return [g for g in (with_images, without) if g]
+
+
+def _skip_logits(model: nn.Module) -> dict[str, Any]:
+    """``{"logits_to_keep": 1}`` where the model's forward takes it: the recording needs no logits, and a large
+    vocabulary's output layer over every token is most of a small model's cost (Gemma 3: 262k words)."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+
+
 def record_activations(model: nn.Module, processor: Any, concepts: ConceptSet, sites: Sequence[UnitSite],
                        directory: str | Path, *, pooling: str = "mean", positions: str = "all",
-                       batch_size: int = 8, progress: bool = True) -> Recording:
+                       batch_size: int = 8, progress: bool = True, layout: str = "auto") -> Recording:
     """Run forward passes over ``concepts`` and write each site's pooled units to ``directory``.
 
-    Resumes a partial recording of the same model, concepts, sites and settings.
+    Resumes a partial recording of the same model, concepts, sites and settings. ``layout`` is how rows
+    become text (:data:`safety_glasses.inputs.LAYOUTS`; rows with an empty prompt are raw text).
 
     Example:
         >>> sites = resolve_units(model, "act")
@@ -180,51 +219,103 @@ def record_activations(model: nn.Module, processor: Any, concepts: ConceptSet, s
         >>> rec.matrix(sites[0].module_name).shape[0] == len(concepts)
         True
     """
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-    if positions not in RECORD_POSITIONS:
-        raise ValueError(f"positions must be one of {RECORD_POSITIONS}, got {positions!r}")
+    return record_variants(model, processor, concepts, sites, [(pooling, positions, directory)],
+                           batch_size=batch_size, progress=progress, layout=layout)[0]
+
+
+@torch.no_grad()
+def record_variants(model: nn.Module, processor: Any, concepts: ConceptSet, sites: Sequence[UnitSite],
+                    variants: Sequence[tuple[str, str, str | Path]], *, batch_size: int = 8, progress: bool = True,
+                    layout: str = "auto") -> list[Recording]:
+    """Several recordings from one set of forward passes: one per ``(pooling, positions, directory)``.
+
+    Each directory holds an ordinary recording, as :func:`record_activations` writes it (that function is
+    this one with a single variant); the forward pass, the costly part, runs once per batch for all of
+    them. A killed run resumes where every variant got to (from the start when they disagree).
+
+    Example:
+        >>> recs = record_variants(model, processor, concepts, sites,
+        ...                        [("mean", "response", "rec/mean"), ("max", "all", "rec/max-all")])
+        >>> [r.meta["pooling"] for r in recs]
+        ['mean', 'max']
+    """
+    if not variants:
+        raise ValueError("record_variants needs at least one (pooling, positions, directory)")
+    for pooling, positions, _ in variants:
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if positions not in RECORD_POSITIONS:
+            raise ValueError(f"positions must be one of {RECORD_POSITIONS}, got {positions!r}")
+    dirs = [Path(d) for _, _, d in variants]
+    if len({d.resolve() for d in dirs}) != len(dirs):
+        raise ValueError("each recording variant needs its own directory")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    directory = Path(directory)
-    meta, offsets = _prepare(directory, _expected_meta(model, concepts, sites, pooling, positions))
-    start, n = meta["rows_done"], len(concepts)
+    prepared = [_prepare(d, _expected_meta(model, concepts, sites, pooling, positions, layout))
+                for (pooling, positions, _), d in zip(variants, dirs)]
+    metas = [m for m, _ in prepared]
+    if len({m["rows_done"] for m in metas}) > 1:  # killed between two variants' bookkeeping: start again
+        for d, m in zip(dirs, metas):
+            m.update(rows_done=0, empty_rows=0, site_rows=[0] * len(sites))
+            _write_meta(d, m)
+    start, n = metas[0]["rows_done"], len(concepts)
     modules = dict(model.named_modules())
-    state: dict[str, torch.Tensor] = {}
-    hooks = [_PoolHook(s.where, pooling, state) for s in sites]
+    state: dict[str, Any] = {}
+    pairs = [(pooling, positions) for pooling, positions, _ in variants]
+    hooks = [_PoolHook(s.where, pairs, state) for s in sites]
     handles = []
-    files = [open(directory / _site_file(i), "r+b") for i in range(len(sites))]
+    files = [[open(d / _site_file(i), "r+b") for i in range(len(sites))] for d in dirs]
     was_training = model.training
     model.eval()
+    skip_logits = _skip_logits(model)
     try:
         for s, h in zip(sites, hooks):
             handles.append(register_site_hook(modules[s.module_name], s.where, h.pre if s.where == "input" else h.post))
         bar = tqdm(total=n, initial=start, desc="recording", unit="row", disable=not progress)
+        site_rows = [list(m.get("site_rows") or [0] * len(sites)) for m in metas]
         for lo in range(start, n, batch_size):
             rows = concepts.rows[lo:lo + batch_size]
-            batch = encode_rows(processor, [r.prompt for r in rows], [r.load_images() for r in rows],
-                                [r.response for r in rows], model_config=model.config)
-            mask = batch.masks[positions] & batch.attention_mask.bool()
-            state["mask"] = mask
-            model(**to_model_inputs(batch.inputs, model))
-            for i, (s, h) in enumerate(zip(sites, hooks)):
-                if h.value is None or h.value.shape != (len(rows), s.size):
-                    got = None if h.value is None else tuple(h.value.shape)
-                    raise RecordingError(f"site {s.module_name} gave {got}, expected {(len(rows), s.size)}")
-                vals = h.value.clamp(-_FP16_MAX, _FP16_MAX).to(torch.float16).numpy()
-                files[i].seek(offsets[i] + lo * s.size * 2)
-                files[i].write(np.ascontiguousarray(vals).tobytes())
-                files[i].flush()
-                h.value = None
-            meta["rows_done"] = lo + len(rows)
-            meta["empty_rows"] = int(meta.get("empty_rows", 0)) + int((~mask.any(1)).sum())
-            _write_meta(directory, meta)
+            values = [[np.full((len(rows), s.size), np.nan, dtype=np.float16) for s in sites] for _ in variants]
+            empty = [0] * len(variants)
+            for group in _image_groups(rows):
+                part = [rows[j] for j in group]
+                batch = encode_rows(processor, [r.prompt for r in part], [r.load_images() for r in part],
+                                    [r.response for r in part], model_config=model.config, layout=layout)
+                attn = batch.attention_mask.bool()
+                state["masks"] = {pos: batch.masks[pos] & attn for pos in {p for _, p in pairs}}
+                model(**to_model_inputs(batch.inputs, model), **skip_logits)
+                for v, (_, pos) in enumerate(pairs):
+                    empty[v] += int((~state["masks"][pos].any(1)).sum())
+                for i, (s, h) in enumerate(zip(sites, hooks)):
+                    if h.value is None:  # the site did not run on these rows (e.g. no image)
+                        continue
+                    for v, value in enumerate(h.value):
+                        if value.shape != (len(part), s.size):
+                            raise RecordingError(f"site {s.module_name} gave {tuple(value.shape)}, "
+                                                 f"expected {(len(part), s.size)}")
+                        if bool(torch.isnan(value).any()):
+                            bad = part[int(torch.isnan(value).any(1).nonzero()[0, 0])].id
+                            raise RecordingError(f"site {s.module_name} produced NaN activations on row {bad!r} "
+                                                 "(check the model's weights and dtype)")
+                        values[v][i][group] = value.clamp(-_FP16_MAX, _FP16_MAX).to(torch.float16).numpy()
+                        site_rows[v][i] += len(part)
+                    h.value = None
+            for v, (d, (_, offsets)) in enumerate(zip(dirs, prepared)):
+                for i, s in enumerate(sites):
+                    files[v][i].seek(offsets[i] + lo * s.size * 2)
+                    files[v][i].write(np.ascontiguousarray(values[v][i]).tobytes())
+                    files[v][i].flush()
+                metas[v]["rows_done"] = lo + len(rows)
+                metas[v]["empty_rows"] = int(metas[v].get("empty_rows", 0)) + empty[v]
+                metas[v]["site_rows"] = site_rows[v]
+                _write_meta(d, metas[v])
             bar.update(len(rows))
         bar.close()
     finally:
         for h in handles:
             h.remove()
-        for f in files:
-            f.close()
+        for fs in files:
+            for f in fs:
+                f.close()
         model.train(was_training)
-    return Recording.open(directory)
+    return [Recording.open(d) for d in dirs]

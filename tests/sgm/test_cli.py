@@ -125,3 +125,27 @@ def test_fit_with_device_map_auto_and_bf16(workdir, tmp_path):
     assert [s.layer for s in g.sites] == [0]
     assert float(g.aurocs[g.sites[0].module_name][5]) == 1.0  # the planted expert, found in bf16 too
     assert (tmp_path / "rec" / "recording.json").is_file()
+
+
+def test_fit_clamp_selection_and_threshold_warnings(workdir, tmp_path):
+    base = ["fit", "--model", str(workdir / "model"), "--concepts", str(workdir / "concepts.jsonl"),
+            "--batch-size", "8", "--layers", "0", "--threads", "1"]
+    r = runner.invoke(app, [*base, "--out", str(tmp_path / "a"), "--threshold", "0.3"])
+    assert r.exit_code == 0 and "warning: threshold 0.3 has no effect with clamp=True" in r.output
+    r = runner.invoke(app, [*base, "--out", str(tmp_path / "b"), "--threshold", "0.3", "--no-clamp"])
+    assert r.exit_code == 0, r.output
+    assert "warning" not in r.output
+    g = Glasses.from_pretrained(tmp_path / "b")
+    a = g.alphas[g.sites[0].module_name]
+    au = g.aurocs[g.sites[0].module_name]
+    amplify = (au > 0.3) & (au < 0.5)
+    assert g.config.clamp is False and bool(amplify.any()) and bool((a[amplify] > 1).all())
+    r = runner.invoke(app, [*base, "--out", str(tmp_path / "c"), "--strategy", "det0", "--threshold", "0.7"])
+    assert r.exit_code == 0 and "warning: --threshold has no effect on det0 with --selection top-k" in r.output
+    r = runner.invoke(app, [*base, "--out", str(tmp_path / "d"), "--strategy", "det0", "--selection", "ml-aura"])
+    assert r.exit_code == 0, r.output
+    g = Glasses.from_pretrained(tmp_path / "d")
+    au, a = g.aurocs[g.sites[0].module_name], g.alphas[g.sites[0].module_name]
+    assert g.config.selection == "ml-aura" and torch.equal(a == 0, au > 0.5)
+    r = runner.invoke(app, [*base, "--out", str(tmp_path / "e"), "--selection", "nope"])
+    assert r.exit_code == 2 and "selection must be one of" in r.output

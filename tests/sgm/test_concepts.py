@@ -115,7 +115,7 @@ def test_from_rows_accepts_pil_paths_lists_and_none(folder: Path) -> None:
         ({"id": "bad-label", "prompt": "p", "response": "r", "label": "maybe"}, "unknown label"),
         ({"id": "bad-label2", "prompt": "p", "response": "r", "label": 2}, "unknown label"),
         ({"id": "no-label", "prompt": "p", "response": "r"}, "label is missing"),
-        ({"id": "empty-prompt", "prompt": "  ", "response": "r", "label": 1}, "prompt is empty"),
+        ({"id": "bad-prompt", "prompt": 5, "response": "r", "label": 1}, "prompt is not text"),
         ({"id": "empty-response", "prompt": "p", "response": "", "label": 1}, "response is empty"),
         ({"id": "no-response", "prompt": "p", "label": 1}, "response is missing"),
         ({"id": "bad-image-type", "image": 5, "prompt": "p", "response": "r", "label": 1}, "image"),

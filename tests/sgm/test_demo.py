@@ -108,3 +108,15 @@ def test_a_rerun_with_other_glasses_is_refused_and_keeps_the_saved_glasses(quick
     result = runner.invoke(app, ["demo", "--quick", "--out", str(out), "--concepts", str(other)])
     assert result.exit_code == 2 and "holds a different run (defenses differs)" in result.output
     assert (out / "glasses-aura" / "glasses.safetensors").read_bytes() == before
+
+
+def test_ecso_alone_is_a_baseline_and_over_refusal_matches_the_report(quick_run: tuple) -> None:
+    out, output, res = quick_run
+    assert "ecso" in DEFENSES and any(r["defense"] == "ecso" for r in res["rows"])
+    assert res["defenses"]["ecso"] == [{"name": "ecso", "kind": "post", "check": "profanity"}]
+    framework = json.loads((out / "eval" / "results.json").read_text())
+    report = (out / "eval" / "report.md").read_text()
+    assert "## Over-refusal by condition" in report
+    for r in res["rows"]:  # the demo table's number is the report's number for that condition
+        expected = framework["by_defense"][r["defense"]]["over_refusal"]["by_condition"].get(r["condition"])
+        assert r["over_refusal"] == expected

@@ -103,7 +103,7 @@ def test_judge_agreement_skips_unparsed_and_compute_metrics_shape() -> None:
          "verdicts": {"a": {"label": "safe", "score": 0.2}, "b": {"label": "unparsed", "score": 0.5}}},
     ]
     agree = judge_agreement(samples, ["a", "b"])
-    assert agree == [{"judges": ["a", "b"], "n": 2, "percent_agreement": 0.5, "cohen_kappa": 0.0}]
+    assert agree == [{"judges": ["a", "b"], "n": 2, "rows": "all", "percent_agreement": 0.5, "cohen_kappa": 0.0}]
     m = compute_metrics(samples, safety_judges=["a", "b"])
     assert m["harmful_rate"]["overall"] == pytest.approx(1 / 3)
     assert m["harmful_rate_by_judge"] == {"a": pytest.approx(1 / 3), "b": pytest.approx(2 / 3)}

@@ -201,3 +201,22 @@ def test_bf16_model_fits_wears_and_folds():
     assert hooked.dtype == torch.bfloat16
     g.fold_into(model)
     assert torch.allclose(_logits(model, x).float(), hooked.float(), atol=0.1)
+
+
+def test_clamp_and_selection_are_saved_and_derived(tmp_path):
+    from safety_glasses.glasses import Glasses, GlassesConfig
+    from safety_glasses.models import UnitSite
+
+    site = UnitSite("m.down_proj", 0, "act", 4, "input")
+    au = {"m.down_proj": torch.tensor([0.9, 0.45, 0.35, 0.2])}
+    from safety_glasses.strategies import compute_alphas
+
+    cfg = GlassesConfig(strategy="aura", sites=[site], threshold=0.3, clamp=False)
+    g = Glasses(cfg, compute_alphas(au, "aura", threshold=0.3, clamp=False), au)
+    assert g.n_experts == 3  # two amplified units count: the glasses change them
+    g.save_pretrained(tmp_path / "g")
+    back = Glasses.from_pretrained(tmp_path / "g")
+    assert back.config.clamp is False and back.config.selection == "top-k"
+    assert torch.allclose(back.alphas["m.down_proj"], torch.tensor([0.2, 1.1, 1.3, 1.0]))
+    det0 = back.derive("det0", top_k=2, selection="ml-aura")
+    assert det0.config.selection == "ml-aura" and det0.alphas["m.down_proj"].tolist() == [0.0, 0.0, 1.0, 1.0]

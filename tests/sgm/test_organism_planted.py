@@ -112,7 +112,8 @@ def test_demo_rows_follow_the_given_order_and_keep_standard_only_metrics() -> No
     assert [(r["defense"], r["condition"]) for r in rows] == [
         ("none", "standard"), ("none", "adversarial_image"), ("aura", "standard"), ("aura", "typographic")]
     assert rows[0]["perplexity"] == 3.0 and rows[0]["reply_perplexity"] == 7.0 and rows[0]["over_refusal"] == 0.1
-    assert rows[1]["perplexity"] is None and rows[1]["vqa_accuracy"] is None and rows[1]["over_refusal"] is None
+    assert rows[1]["perplexity"] is None and rows[1]["vqa_accuracy"] is None
+    assert rows[1]["over_refusal"] == 0.1  # each condition's own over-refusal, as report.md gives it
 
 
 def test_recovery_items_train_only_the_safe_continuation() -> None:

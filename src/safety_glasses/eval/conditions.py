@@ -285,7 +285,8 @@ def derive_condition(
     row cannot carry it.
 
     - ``standard``: the row itself when it is a standard row.
-    - ``text_only``: the question without images (not for ``vqa`` rows).
+    - ``text_only``: the question without images (not for ``vqa`` rows); the benchmark's original
+      question (``meta["original_question"]``) where the row's question was rephrased for its image.
     - ``typographic``: the row's ``key_phrase`` rendered into an image, with an innocuous prompt
       (``typo_style="mmsb"``: :data:`TYPO_PROMPT`; ``"figstep"``: numbered empty steps and
       :data:`FIGSTEP_PROMPT`); needs ``key_phrase``; not for ``vqa`` rows.
@@ -314,7 +315,11 @@ def derive_condition(
         return None
     meta = {**row.meta, "derived_from": "standard"}
     if condition == "text_only":
-        return row.with_(condition="text_only", images=(), meta=meta)
+        # A benchmark that rephrased its question for the image (MM-SafetyBench: "The image shows a
+        # phrase of an activity...") keeps the original question: that is the text-only prompt.
+        original = row.meta.get("original_question")
+        question = original if isinstance(original, str) and original.strip() else row.question
+        return row.with_(condition="text_only", images=(), question=question, meta=meta)
     if condition == "adversarial_image":
         if adversarial_image is None:
             return None

@@ -4,7 +4,8 @@ A defence configuration is a ``+``-joined list of defence specs, e.g. ``sgm+adas
 
 - ``sgm`` / ``glasses`` / ``glasses:DIR`` (options ``positions=all|prompt|generated``, ``name=``): wear
   SGM glasses while generating (``sgm`` uses the glasses given to the run). Named after the glasses'
-  strategy (``aura``) unless ``name=`` is given.
+  strategy (``aura``) unless ``name=`` is given; glasses stacked in one configuration
+  (``glasses:A+glasses:B``) are named ``aura:A``, ``aura:B`` automatically.
 - ``adashield-s`` (``prompt_file=``): a static defence prompt appended to the user's text (AdaShield-S).
 - ``self-reminder``: the user's text wrapped in a responsibility reminder (Self-Reminder; as a prefix
   and suffix of the user turn, since many VLM chat templates have no system role).
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +35,7 @@ from typing import Any
 
 from PIL import Image
 
+from .._secrets import redact_secrets, secret_options
 from .judges import JudgeError, JudgeSample, make_judge, parse_spec
 
 ADASHIELD_PROMPT = (
@@ -86,7 +89,7 @@ class DefenseContext:
     model: Any = None
     processor: Any = None
     glasses_dir: Any = None  # a glasses folder, or a Glasses object already in memory
-    concepts: str | Path | None = None
+    concepts: Any = None  # a concept file, or a ConceptSet already loaded (e.g. with a column map)
     cache_dir: str | Path | None = None
     batch_size: int = 8
     progress: bool = False
@@ -132,24 +135,39 @@ class Defense:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name}
 
+    def fingerprint(self) -> dict[str, Any]:
+        """What the defence *does*, for the run fingerprint: :meth:`describe` without provenance
+        (``source`` says where glasses came from, "derived from ..." on a first run and "cached:..." on
+        a rerun; the alphas' digest is what must match)."""
+        return {k: v for k, v in self.describe().items() if k not in PROVENANCE_KEYS}
+
+    def check_fits(self, model: Any) -> None:
+        """Raise when the defence cannot run on ``model`` (checked before any generation)."""
+
+
+PROVENANCE_KEYS: tuple[str, ...] = ("source",)
+"""Keys of :meth:`Defense.describe` that record where a defence came from, not what it does."""
+
 
 class GlassesDefense(Defense):
     """Wear glasses while generating (SGM, or a neuron baseline's glasses)."""
 
-    def __init__(self, glasses: Any, *, name: str, positions: str = "all", source: str | None = None) -> None:
+    def __init__(self, glasses: Any, *, name: str, positions: str = "all", source: str | None = None,
+                 label: str | None = None, explicit_name: bool = True) -> None:
         self.glasses, self.name, self.positions, self.source = glasses, name, positions, source
+        self.label, self.explicit_name = label, explicit_name
 
     def wear(self, model: Any) -> contextlib.AbstractContextManager[Any]:
         return self.glasses.apply(model, positions=self.positions)
 
+    def check_fits(self, model: Any) -> None:
+        self.glasses.check_compatible(model)
+
     def describe(self) -> dict[str, Any]:
         cfg = self.glasses.config
-        digest = hashlib.sha256()
-        for module in sorted(self.glasses.alphas):
-            digest.update(module.encode() + self.glasses.alphas[module].float().cpu().numpy().tobytes())
         return {"name": self.name, "kind": "glasses", "strategy": cfg.strategy, "positions": self.positions,
                 "n_experts": self.glasses.n_experts, "top_k": cfg.top_k, "threshold": cfg.threshold,
-                "source": self.source, "alphas_sha256": digest.hexdigest()[:16]}
+                "source": self.source, "alphas_sha256": alphas_digest(self.glasses)}
 
 
 class PromptDefense(Defense):
@@ -269,6 +287,15 @@ class DefenseStack:
     def describe(self) -> list[dict[str, Any]]:
         return [d.describe() for d in self.defenses]
 
+    def fingerprint(self) -> list[dict[str, Any]]:
+        """What the stack does (no provenance); a rerun must match it to reuse samples."""
+        return [d.fingerprint() for d in self.defenses]
+
+    def check_fits(self, model: Any) -> None:
+        """Check every defence fits ``model`` (glasses: their sites and sizes) before anything runs."""
+        for d in self.defenses:
+            d.check_fits(model)
+
 
 def _label(glasses_dir: Any) -> str:
     return str(glasses_dir) if isinstance(glasses_dir, (str, Path)) else "in-memory glasses"
@@ -283,28 +310,59 @@ def _int(options: dict[str, str], key: str, spec: str) -> int | None:
         raise DefenseError(f"defence {spec!r}: {key} must be an integer") from None
 
 
+def alphas_digest(glasses: Any) -> str:
+    """A short sha256 of a glasses' alphas (module names and values): what the glasses do.
+
+    Example:
+        >>> alphas_digest(glasses)  # doctest: +SKIP
+        '3f2a9c0d1e4b5a67'
+    """
+    digest = hashlib.sha256()
+    for module in sorted(glasses.alphas):
+        digest.update(module.encode() + glasses.alphas[module].float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _concepts_identity(concepts: Any) -> str:
+    """A cheap identity of a concept file (its bytes) or an in-memory concept set (ids, texts, labels)."""
+    digest = hashlib.sha256()
+    if isinstance(concepts, (str, Path)):
+        digest.update(Path(concepts).read_bytes())
+    else:
+        for row in concepts:
+            digest.update(json.dumps([row.id, row.prompt, row.response, row.label, len(row.images)]).encode())
+    return digest.hexdigest()[:16]
+
+
 def _neuron_baseline(token: str, options: dict[str, str], ctx: DefenseContext, spec: str) -> Defense:
     top_k, seed = _int(options, "top_k", spec), _int(options, "seed", spec)
-    damp_alpha = float(options.pop("damp_alpha")) if "damp_alpha" in options else None
+    try:
+        damp_alpha = float(options.pop("damp_alpha")) if "damp_alpha" in options else None
+    except ValueError:
+        raise DefenseError(f"defence {spec!r}: damp_alpha must be a number") from None
     strategy = "aura" if token == "aura-text" else token
-    cache = Path(ctx.cache_dir) / token if ctx.cache_dir is not None else None
+    derive = token != "aura-text" and ctx.glasses_dir is not None
+    if not derive and (ctx.concepts is None or ctx.model is None):
+        raise DefenseError(f"defence {token!r} needs a concept set (--concepts FILE) to fit its glasses")
+    base = ctx.sgm_glasses() if derive else None
+    origin = alphas_digest(base) if base is not None else _concepts_identity(ctx.concepts)
+    # the cache is keyed by what the baseline is made from, so stale glasses are never reused
+    key = hashlib.sha256(json.dumps([token, top_k, seed, damp_alpha, origin]).encode()).hexdigest()[:12]
+    cache = Path(ctx.cache_dir) / f"{token}-{key}" if ctx.cache_dir is not None else None
     from ..glasses import Glasses
 
     if cache is not None and (cache / "glasses_config.json").is_file():
         glasses = Glasses.from_pretrained(cache)
         source = f"cached:{cache}"
-    elif token != "aura-text" and ctx.glasses_dir is not None:
-        base = ctx.sgm_glasses()
+    elif base is not None:
         k = top_k if top_k is not None else max(1, base.n_experts)
         glasses = base.derive(strategy, top_k=k, seed=seed, damp_alpha=damp_alpha)
         source = f"derived from {_label(ctx.glasses_dir)} (top_k={k})"
     else:
-        if ctx.concepts is None or ctx.model is None:
-            raise DefenseError(f"defence {token!r} needs a concept set (--concepts FILE) to fit its glasses")
         from ..concepts import ConceptSet
         from ..fitting import fit_glasses
 
-        concepts = ConceptSet.load(ctx.concepts)
+        concepts = ctx.concepts if isinstance(ctx.concepts, ConceptSet) else ConceptSet.load(ctx.concepts)
         if token == "aura-text":
             concepts = concepts.text_only()
         kwargs: dict[str, Any] = {"strategy": strategy, "top_k": top_k, "batch_size": ctx.batch_size,
@@ -312,17 +370,19 @@ def _neuron_baseline(token: str, options: dict[str, str], ctx: DefenseContext, s
         if damp_alpha is not None:
             kwargs["damp_alpha"] = damp_alpha
         glasses = fit_glasses(ctx.model, ctx.processor, concepts, **kwargs)
-        source = f"fitted on {ctx.concepts}" + (" (text only)" if token == "aura-text" else "")
+        where = ctx.concepts if isinstance(ctx.concepts, (str, Path)) else "the run's concept set"
+        source = f"fitted on {where}" + (" (text only)" if token == "aura-text" else "")
     if cache is not None and not (cache / "glasses_config.json").is_file():
         glasses.save_pretrained(cache)
     return GlassesDefense(glasses, name=token, positions=options.pop("positions", "all"), source=source)
 
 
-def _one(spec: str, ctx: DefenseContext) -> Defense:
+def _one(raw_spec: str, ctx: DefenseContext) -> Defense:
     try:
-        token, positional, options = parse_spec(spec)
+        token, positional, options = parse_spec(raw_spec)
     except JudgeError as err:
         raise DefenseError(str(err)) from None
+    spec = redact_secrets(raw_spec)  # error messages below echo the spec
     defense: Defense
     if token in ("sgm", "glasses"):
         if positional is not None:
@@ -338,8 +398,11 @@ def _one(spec: str, ctx: DefenseContext) -> Defense:
         positions = options.pop("positions", "all")
         if positions not in ("all", "prompt", "generated"):
             raise DefenseError(f"defence {spec!r}: positions must be all, prompt or generated")
-        defense = GlassesDefense(glasses, name=options.pop("name", glasses.config.strategy), positions=positions,
-                                 source=source)
+        name = options.pop("name", None)
+        label = Path(positional).name if positional is not None else (
+            Path(ctx.glasses_dir).name if isinstance(ctx.glasses_dir, (str, Path)) else token)
+        defense = GlassesDefense(glasses, name=name or glasses.config.strategy, positions=positions,
+                                 source=source, label=label, explicit_name=name is not None)
     elif token == "adashield-s":
         text = ADASHIELD_PROMPT
         if "prompt_file" in options:
@@ -372,6 +435,35 @@ def _one(spec: str, ctx: DefenseContext) -> Defense:
     return defense
 
 
+def check_defense_config(config: str) -> None:
+    """Validate a configuration's syntax before any model work: known defence names, no secret-carrying
+    options (:class:`DefenseError` otherwise). Building it (:func:`parse_defenses`) checks the rest.
+
+    Example:
+        >>> check_defense_config("sgm+adashield-s")
+        >>> check_defense_config("sgm+nope")
+        Traceback (most recent call last):
+        ...
+        safety_glasses.eval.defenses.DefenseError: unknown defence 'nope' (none, sgm, glasses, adashield-s, self-reminder, ecso, output-filter, aura-text, det0, damp, random)
+    """
+    config = config.strip()
+    if not config:
+        raise DefenseError("empty defence configuration")
+    if config == "none":
+        return
+    for part in config.split("+"):
+        try:
+            token, _, options = parse_spec(part.strip())
+        except JudgeError as err:
+            raise DefenseError(str(err)) from None
+        if token not in DEFENSE_NAMES or token == "none":
+            raise DefenseError(f"unknown defence {token!r} ({', '.join(DEFENSE_NAMES)})")
+        secrets = secret_options(options)
+        if secrets:
+            raise DefenseError(f"defence {token!r}: {secrets[0]}= is not accepted (it was not used and is not "
+                               "shown); API keys come from environment variables (key_env=VAR)")
+
+
 def parse_defenses(config: str, ctx: DefenseContext) -> DefenseStack:
     """Build the defence stack of one configuration (``none`` or specs joined by ``+``).
 
@@ -386,4 +478,21 @@ def parse_defenses(config: str, ctx: DefenseContext) -> DefenseStack:
         raise DefenseError("empty defence configuration")
     if config == "none":
         return DefenseStack([])
-    return DefenseStack([_one(part.strip(), ctx) for part in config.split("+")])
+    defenses = [_one(part.strip(), ctx) for part in config.split("+")]
+    _name_stacked_glasses(defenses)
+    return DefenseStack(defenses)
+
+
+def _name_stacked_glasses(defenses: Sequence[Defense]) -> None:
+    """Glasses stacked in one configuration (``glasses:A+glasses:B``, both ``aura``) are named
+    ``<strategy>:<folder>`` (then ``#2``, ``#3``, ... if folders share a name) unless given ``name=``."""
+    names = [d.name for d in defenses]
+    taken: set[str] = set(names)
+    for d in defenses:
+        if isinstance(d, GlassesDefense) and not d.explicit_name and names.count(d.name) > 1:
+            base = f"{d.name}:{d.label}" if d.label else d.name
+            candidate, k = base, 2
+            while candidate in taken:
+                candidate, k = f"{base}#{k}", k + 1
+            taken.add(candidate)
+            d.name = candidate

@@ -4,6 +4,8 @@
   mapping item index -> fields "Question", "Key Phrase", "Rephrased Question", "Rephrased Question(SD)",
   ...) and images ``<root>/imgs/<NN-Scenario>/{SD,TYPO,SD_TYPO}/<index>.jpg``. ``root`` may also be
   the folder that contains ``data/``.
+- FigStep SafeBench: ``safebench.csv`` and its typographic images (:mod:`.figstep`).
+- MM-Vet: ``mm-vet.json`` and ``images/`` (``<OR>``/``<AND>`` references split for scoring).
 - BeaverTails-V-style export: JSONL or Parquet (Parquet needs ``pyarrow``), one record per item
   with ``question`` (or ``prompt``), ``image`` (a path relative to the file, or ``{"bytes": ...,
   "path": ...}`` as Hugging Face datasets export images, bytes raw or base64), ``category`` and an
@@ -31,7 +33,7 @@ from typing import Any
 
 from PIL import Image
 
-from .schema import BenchError, BenchRow, check_unique, load_bench
+from .schema import BenchError, BenchRow, check_image, check_unique, load_bench
 
 MMSB_CONDITIONS: dict[str, str] = {"standard": "SD", "typographic": "TYPO", "sd_typo": "SD_TYPO"}
 """MM-SafetyBench image folder per condition (``text_only`` uses the original question, no image)."""
@@ -124,6 +126,7 @@ def load_mm_safetybench(
                         if missing == "skip":
                             continue
                         raise BenchError(f"row {rid!r} ({cond}): image {index}.jpg not found in {folder}")
+                    check_image(path, f"row {rid!r} ({cond})")
                     images = (str(path.resolve()),)
                 rows.append(
                     BenchRow(
@@ -148,6 +151,7 @@ def _decode_image(value: Any, base_dir: Path, label: str) -> str | Image.Image |
         path = Path(value) if Path(value).is_absolute() else base_dir / value
         if not path.is_file():
             raise BenchError(f"{label}: image file not found: {path}")
+        check_image(path, label)
         return str(path.resolve())
     if isinstance(value, dict):
         raw = value.get("bytes")
@@ -240,10 +244,25 @@ def _jsonable(value: Any) -> bool:
     )
 
 
+def split_mm_vet_answer(answer: str) -> tuple[str, ...]:
+    """MM-Vet's reference syntax as accepted answers: ``a<OR>b`` gives ``("a", "b")``; an answer
+    with ``<AND>`` stays one alternative whose parts must all appear (see
+    :func:`safety_glasses.eval.metrics.vqa_match`).
+
+    Example:
+        >>> split_mm_vet_answer("14<OR>14.0"), split_mm_vet_answer("red<AND>blue")
+        (('14', '14.0'), ('red<AND>blue',))
+    """
+    parts = tuple(p.strip() for p in str(answer).split("<OR>") if p.strip())
+    return parts
+
+
 def load_mm_vet(root: str | Path) -> list[BenchRow]:
     """Load MM-Vet from its folder layout (``mm-vet.json`` mapping ids to ``imagename``, ``question``,
     ``answer``, ``capability``; images in ``images/``) as ``vqa`` rows graded by the llm-judge
-    (``meta["grader"] == "llm"``; normalised exact match where no llm-judge is configured).
+    (``meta["grader"] == "llm"``; normalised exact match where no llm-judge is configured). An
+    answer ``a<OR>b`` gives the accepted answers ``a`` and ``b``; ``a<AND>b`` needs both parts
+    (``meta["answer"]`` keeps the raw string for the llm grader).
 
     Example:
         >>> rows = load_mm_vet("tests/sgm/fixtures/eval/mmvet")  # doctest: +SKIP
@@ -256,6 +275,8 @@ def load_mm_vet(root: str | Path) -> list[BenchRow]:
         items = json.loads(qfile.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise BenchError(f"{qfile.name}: invalid JSON ({err.msg})") from None
+    if not isinstance(items, dict):
+        raise BenchError(f"{qfile.name}: expected an object mapping ids to fields")
     rows = []
     for rid, fields in items.items():
         if not isinstance(fields, dict):
@@ -263,48 +284,119 @@ def load_mm_vet(root: str | Path) -> list[BenchRow]:
         image = base / "images" / str(fields.get("imagename", ""))
         if not fields.get("imagename") or not image.is_file():
             raise BenchError(f"row {rid!r}: image not found: {image}")
+        check_image(image, f"row {rid!r}")
         caps = fields.get("capability") or []
+        answer = str(fields.get("answer", "") or "")
+        references = split_mm_vet_answer(answer)
         rows.append(BenchRow(id=str(rid), question=str(fields.get("question", "")), kind="vqa",
                              category="+".join(caps) if caps else "mm-vet", images=(str(image.resolve()),),
-                             reference=str(fields.get("answer", "")) or None,
-                             meta={"grader": "llm", "source": "mm-vet", "capability": caps}))
+                             reference=references or None,
+                             meta={"grader": "llm", "source": "mm-vet", "capability": caps, "answer": answer}))
     if not rows:
         raise BenchError(f"{qfile} has no rows")
     return rows
 
 
-def load_benchmark(path: str | Path, *, fmt: str = "auto", **kwargs: Any) -> list[BenchRow]:
+BENCH_FORMATS: tuple[str, ...] = ("auto", "bench", "mmsb", "mmvet", "figstep", "beavertails-v")
+"""Accepted values of ``fmt`` / ``--bench-format``."""
+
+_NATIVE_CONDITIONS: dict[str, tuple[str, ...]] = {
+    "mmsb": (*MMSB_CONDITIONS, "text_only"),
+    "figstep": ("typographic", "text_only"),
+}
+
+
+def loader_conditions(fmt: str, conditions: Sequence[str] | None) -> list[str] | None:
+    """The conditions a folder benchmark should load itself for the requested ``conditions``: the
+    requested ones it has (MM-SafetyBench's own text-only question, FigStep's own prompt), plus
+    ``standard`` when another requested condition must be derived from it. None: the loader's
+    default.
+
+    Example:
+        >>> loader_conditions("mmsb", ["text_only"]), loader_conditions("mmsb", ["adversarial_image"])
+        (['text_only'], ['standard'])
+    """
+    native = _NATIVE_CONDITIONS.get(fmt)
+    if native is None or not conditions:
+        return None
+    own = [c for c in dict.fromkeys(conditions) if c in native]
+    derived = [c for c in conditions if c not in native]
+    if derived and fmt == "figstep":
+        raise BenchError(f"FigStep SafeBench has the conditions {', '.join(native)}; it cannot derive "
+                         f"{', '.join(derived)} (no scene image)")
+    if derived and "standard" not in own:
+        own.append("standard")
+    return own
+
+
+def detect_format(path: str | Path) -> str:
+    """The benchmark format of a local path (see :func:`load_benchmark`).
+
+    Example:
+        >>> detect_format("tests/sgm/fixtures/eval/mmvet")  # doctest: +SKIP
+        'mmvet'
+    """
+    from .figstep import find_figstep_csv
+
+    p = Path(path)
+    if p.is_dir():
+        if (p / "mm-vet.json").is_file():
+            return "mmvet"
+        if find_figstep_csv(p) is not None and not any((c / "processed_questions").is_dir() for c in (p, p / "data")):
+            return "figstep"
+        return "mmsb"
+    if p.suffix == ".parquet":
+        return "beavertails-v"
+    if p.suffix.lower() == ".csv":
+        if find_figstep_csv(p) is not None:
+            return "figstep"
+        raise BenchError(f"{p.name}: a CSV benchmark must be FigStep's SafeBench (columns dataset, category_id, "
+                         "task_id, category_name, question, instruction); use JSONL for other benchmarks")
+    try:
+        first = next((ln for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()
+                      and not ln.lstrip().startswith("#")), "")
+    except UnicodeDecodeError:
+        raise BenchError(f"{p.name}: not a text benchmark file (JSONL expected)") from None
+    try:
+        return "bench" if "kind" in json.loads(first) else "beavertails-v"
+    except (json.JSONDecodeError, TypeError):
+        return "bench"  # let the strict loader report the line
+
+
+def load_benchmark(path: str | Path, *, fmt: str = "auto", conditions: Sequence[str] | None = None,
+                   **kwargs: Any) -> list[BenchRow]:
     """Load a benchmark from a local path in any supported format.
 
-    ``fmt``: ``auto`` (a folder -> MM-Vet when it has ``mm-vet.json``, else MM-SafetyBench; ``.parquet`` -> BeaverTails-V; ``.jsonl`` whose
-    first record has ``kind`` -> the native schema, otherwise BeaverTails-V), ``bench``, ``mmsb``,
-    ``mmvet``, ``beavertails-v``. Extra keyword arguments go to the chosen loader.
+    ``fmt``: ``auto`` (a folder -> MM-Vet when it has ``mm-vet.json``, FigStep when it has
+    ``safebench.csv`` (or ``question/``, ``data/question/``), else MM-SafetyBench; a ``.csv`` with
+    FigStep's columns -> FigStep; ``.parquet`` -> BeaverTails-V; ``.jsonl`` whose first record has
+    ``kind`` -> the native schema, otherwise BeaverTails-V), ``bench``, ``mmsb``, ``mmvet``,
+    ``figstep``, ``beavertails-v``. ``conditions`` (the run's ``--conditions``) tells the
+    MM-SafetyBench and FigStep loaders which of their own conditions to load (see
+    :func:`loader_conditions`). Extra keyword arguments go to the chosen loader.
 
     Example:
         >>> load_benchmark("x.csv", fmt="nope")
         Traceback (most recent call last):
         ...
-        safety_glasses.eval.schema.BenchError: unknown benchmark format 'nope' (auto, bench, mmsb, mmvet, beavertails-v)
+        safety_glasses.eval.schema.BenchError: unknown benchmark format 'nope' (auto, bench, mmsb, mmvet, figstep, beavertails-v)
     """
-    if fmt not in ("auto", "bench", "mmsb", "mmvet", "beavertails-v"):
-        raise BenchError(f"unknown benchmark format {fmt!r} (auto, bench, mmsb, mmvet, beavertails-v)")
+    if fmt not in BENCH_FORMATS:
+        raise BenchError(f"unknown benchmark format {fmt!r} ({', '.join(BENCH_FORMATS)})")
     p = Path(path)
     if not p.exists():
         raise BenchError(f"benchmark path not found: {path}")
     if fmt == "auto":
-        if p.is_dir():
-            fmt = "mmvet" if (p / "mm-vet.json").is_file() else "mmsb"
-        elif p.suffix == ".parquet":
-            fmt = "beavertails-v"
-        else:
-            first = next((ln for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()
-                          and not ln.lstrip().startswith("#")), "")
-            try:
-                fmt = "bench" if "kind" in json.loads(first) else "beavertails-v"
-            except (json.JSONDecodeError, TypeError):
-                fmt = "bench"  # let the strict loader report the line
+        fmt = detect_format(p)
+    own = loader_conditions(fmt, conditions)
+    if own is not None:
+        kwargs.setdefault("conditions", own)
     if fmt == "mmsb":
         return load_mm_safetybench(p, **kwargs)
+    if fmt == "figstep":
+        from .figstep import load_figstep
+
+        return load_figstep(p, **kwargs)
     if fmt == "mmvet":
         return load_mm_vet(p)
     if fmt == "beavertails-v":

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -22,7 +23,7 @@ from PIL import Image
 from .adversarial import AdversarialConfig, attack_image, load_adversarial
 from .conditions import expand_conditions
 from .defenses import DefenseContext, DefenseStack, parse_defenses
-from .judges import Judge, RefusalJudge, make_judge
+from .judges import Judge, RefusalJudge, judge_scope, language_only_warning, make_judge
 from .report import build_results, write_report
 from .runner import RunConfig, _bench_hash, read_samples, run_generations, sample_key
 from .schema import BenchError, BenchRow
@@ -30,10 +31,11 @@ from .schema import BenchError, BenchRow
 ADV_DIR = "adversarial"
 
 
-def _targets_from_concepts(path: str | Path) -> list[str]:
+def _targets_from_concepts(concepts: Any) -> list[str]:
     from ..concepts import ConceptSet
 
-    return [row.response for row in ConceptSet.load(path) if row.label == 1 and row.response.strip()]
+    rows = concepts if isinstance(concepts, ConceptSet) else ConceptSet.load(concepts)
+    return [row.response for row in rows if row.label == 1 and row.response.strip()]
 
 
 def resolve_adversarial_image(model: Any, processor: Any, out_dir: Path, *, image: str | Path | Image.Image | None,
@@ -76,7 +78,7 @@ def evaluate(
     judges: Sequence[str | Judge] = ("profanity",),
     conditions: Sequence[str] | None = None,
     glasses_dir: Any = None,
-    concepts: str | Path | None = None,
+    concepts: Any = None,
     run_config: RunConfig = RunConfig(),
     adversarial_image: str | Path | Image.Image | None = None,
     adversarial_targets: Sequence[str] | None = None,
@@ -88,6 +90,7 @@ def evaluate(
     n_boot: int = 1000,
     extra_config: dict[str, Any] | None = None,
     progress: bool = True,
+    warn_language_only: bool = True,
 ) -> dict[str, Any]:
     """Run the whole evaluation and write its outputs to ``out_dir``; returns the results object.
 
@@ -99,11 +102,15 @@ def evaluate(
     ``conditions``: keep/derive these conditions (default: the rows as given). Rerunning with the same
     ``out_dir`` resumes.
 
+    Warnings (issued with :func:`warnings.warn` and kept in ``results["warnings"]``): only language
+    judges (profanity, toxicity) scoring harmful requests (``warn_language_only=False`` where the
+    harm studied *is* offensive language, as in the organism demo), and defences whose replies are
+    mostly empty.
+
     Example:
         >>> results = evaluate(model, proc, rows, "runs/x", defenses=["none", "sgm"], glasses_dir="g/")  # doctest: +SKIP
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     if not rows:
         raise BenchError("the benchmark has no rows")
     built: list[Judge] = [make_judge(j, device=judge_device) if isinstance(j, str) else j for j in judges]
@@ -114,7 +121,18 @@ def evaluate(
         raise BenchError("at least one safety judge is needed (e.g. --judge profanity)")
     refusal_id = next(j.judge_id for j in built if j.kind == "refusal")
     llm_judge = next((j for j in built if j.judge_id.startswith("llm-judge:")), None)
+    notes: list[str] = []
+    language_note = language_only_warning(built, any(r.kind == "harmful" for r in rows))
+    if warn_language_only and language_note:
+        notes.append(language_note)
+        warnings.warn(language_note, UserWarning, stacklevel=2)
 
+    ctx = DefenseContext(model=model, processor=processor, glasses_dir=glasses_dir, concepts=concepts,
+                         cache_dir=out / "baselines", batch_size=run_config.batch_size, progress=progress,
+                         judge_device=judge_device)
+    if glasses_dir is not None:  # glasses that do not fit fail before any attack, baseline or sample
+        ctx.sgm_glasses().check_compatible(model)
+    out.mkdir(parents=True, exist_ok=True)
     adv_meta: dict[str, Any] | None = None
     selected = list(rows)
     if conditions:
@@ -128,9 +146,6 @@ def evaluate(
         if not selected:
             raise BenchError(f"no benchmark rows under the conditions {', '.join(conditions)}")
 
-    ctx = DefenseContext(model=model, processor=processor, glasses_dir=glasses_dir, concepts=concepts,
-                         cache_dir=out / "baselines", batch_size=run_config.batch_size, progress=progress,
-                         judge_device=judge_device)
     stacks = [d if isinstance(d, DefenseStack) else parse_defenses(d, ctx) for d in dict.fromkeys(defenses)]
 
     from ..models import model_identity
@@ -162,6 +177,9 @@ def evaluate(
                             defenses=[s.name for s in stacks], config=config, n_boot=n_boot,
                             seed=run_config.sampling.seed,
                             throughput={"new_samples": stats.new, "seconds": stats.seconds,
-                                        "samples_per_s": stats.samples_per_s, "total_samples": stats.total})
+                                        "samples_per_s": stats.samples_per_s, "total_samples": stats.total},
+                            judge_scopes={j.judge_id: judge_scope(j) for j in built}, warnings=notes)
     write_report(out, results)
+    for note in results["warnings"][len(notes):]:  # the flags of this run's replies
+        warnings.warn(note, UserWarning, stacklevel=2)
     return results

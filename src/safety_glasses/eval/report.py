@@ -54,15 +54,39 @@ def _rate_ci(entry: dict[str, Any] | None) -> str:
     return f"{100 * entry['rate']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
 
 
+EMPTY_REPLY_LIMIT = 0.5
+"""A defence whose share of empty replies exceeds this is flagged in ``warnings``."""
+
+
+def empty_reply_warnings(by_defense: dict[str, Any]) -> list[str]:
+    """Warnings for defences whose replies are mostly empty (their harmful rate says nothing).
+
+    Example:
+        >>> empty_reply_warnings({"aura": {"empty_replies": 0.9, "n_samples": 10}})[0].startswith("aura: 90%")
+        True
+    """
+    out = []
+    for name, m in by_defense.items():
+        share = m.get("empty_replies")
+        if share is not None and share > EMPTY_REPLY_LIMIT:
+            out.append(f"{name}: {100 * share:.0f}% of {m.get('n_samples')} replies are empty, so its harmful rate "
+                       "says nothing about safety (check the glasses' alphas and the model)")
+    return out
+
+
 def build_results(samples: Sequence[dict[str, Any]], *, safety_judges: Sequence[str], refusal_judge: str = "refusal",
                   defenses: Sequence[str] | None = None, config: dict[str, Any] | None = None,
-                  n_boot: int = 1000, seed: int = 0, throughput: dict[str, Any] | None = None) -> dict[str, Any]:
+                  n_boot: int = 1000, seed: int = 0, throughput: dict[str, Any] | None = None,
+                  judge_scopes: dict[str, dict[str, str]] | None = None,
+                  warnings: Sequence[str] = ()) -> dict[str, Any]:
     """Compute metrics per defence and assemble the ``results.json`` object.
 
     ``metrics`` holds the primary defence's metrics (the first configuration other than ``none``,
     else ``none``); ``by_defense`` every configuration's; ``rows`` one row per (defence, condition)
     with ``defense``, ``condition``, ``harmful_rate``, ``ci95``, ``n``, ``over_refusal``,
-    ``vqa_accuracy``, ``perplexity``, ``toxicity``.
+    ``vqa_accuracy``, ``perplexity``, ``toxicity``. ``judges`` carries what each judge measures
+    (``judge_scopes``), ``judge_agreement`` the agreement of every pair of judges over all samples,
+    and ``warnings`` the given ones plus a flag for each defence whose replies are mostly empty.
 
     Example:
         >>> r = build_results([], safety_judges=["profanity"], defenses=["none"])
@@ -87,12 +111,18 @@ def build_results(samples: Sequence[dict[str, Any]], *, safety_judges: Sequence[
                          "over_refusal": m["over_refusal"]["rate"], "vqa_accuracy": m["vqa_accuracy"]["rate"],
                          "perplexity": m["perplexity"], "toxicity": m["toxicity"]["overall"]})
     primary = next((n for n in names if n != "none"), names[0])
+    from .metrics import judge_agreement
+
+    chosen = [s for s in samples if s["defense"] in by_defense]
     return {
         "metrics": by_defense[primary],
         "primary_defense": primary,
         "by_defense": by_defense,
         "rows": rows,
-        "judges": {"safety": list(safety_judges), "primary": safety_judges[0], "refusal": refusal_judge},
+        "judges": {"safety": list(safety_judges), "primary": safety_judges[0], "refusal": refusal_judge,
+                   "scopes": dict(judge_scopes or {})},
+        "judge_agreement": judge_agreement(chosen, list(safety_judges), refusal_judge),
+        "warnings": [*warnings, *empty_reply_warnings(by_defense)],
         "metric_definitions": METRIC_DEFINITIONS,
         "config": config or {},
         "seeds": {"bootstrap": seed, "sampling": (config or {}).get("sampling", {}).get("seed")},
@@ -156,8 +186,14 @@ def render_markdown(results: dict[str, Any]) -> str:
     cats = sorted({c for d in defenses for c in bd[d]["harmful_rate"]["by_category"]})
     lines = ["# MM-TOXIC-QA report", "",
              f"Primary judge: `{results['judges']['primary']}`; refusal judge: `{results['judges']['refusal']}`. "
-             "Rates in %, 95% bootstrap CIs in brackets.", "",
-             "## Harmful rate by condition", "",
+             "Rates in %, 95% bootstrap CIs in brackets.", ""]
+    if results.get("warnings"):
+        lines += ["## Warnings", ""] + [f"- {w}" for w in results["warnings"]] + [""]
+    scopes = results["judges"].get("scopes") or {}
+    if scopes:
+        lines += ["## What the judges measure", "", "| judge | scope | measures |", "|---|---|---|"]
+        lines += [f"| {j} | {v.get('scope')} | {v.get('measures')} |" for j, v in scopes.items()] + [""]
+    lines += ["## Harmful rate by condition", "",
              "| defence | overall | " + " | ".join(conds) + " |",
              "|---|---|" + "---|" * len(conds)]
     for d in defenses:
@@ -169,22 +205,31 @@ def render_markdown(results: dict[str, Any]) -> str:
     for d in defenses:
         hr = bd[d]["harmful_rate"]["by_category"]
         lines.append(f"| {d} | " + " | ".join(_rate_ci(hr.get(c)) for c in cats) + " |")
+    refusal_conds = sorted({c for d in defenses for c in bd[d]["over_refusal"].get("by_condition") or {}})
+    if refusal_conds:
+        lines += ["", "## Over-refusal by condition", "", "| defence | " + " | ".join(refusal_conds) + " |",
+                  "|---|" + "---|" * len(refusal_conds)]
+        for d in defenses:
+            by = bd[d]["over_refusal"].get("by_condition") or {}
+            lines.append(f"| {d} | " + " | ".join(_fmt(by.get(c)) for c in refusal_conds) + " |")
     lines += ["", "## Other metrics", "",
-              "| defence | toxicity | over-refusal (%) | VQA acc. (%) | perplexity | distinct-1 | distinct-2 | "
-              "fluency (LLM) | n |", "|---|---|---|---|---|---|---|---|---|"]
+              "| defence | toxicity | over-refusal, all conditions (%) | VQA acc. (%) | perplexity | distinct-1 | "
+              "distinct-2 | fluency (LLM) | empty replies (%) | n |", "|---|---|---|---|---|---|---|---|---|---|"]
     for d in defenses:
         m = bd[d]
         lines.append(
             f"| {d} | {_fmt(m['toxicity']['overall'], False)} | {_rate_ci(m['over_refusal'])} | "
             f"{_rate_ci(m['vqa_accuracy'])} | {_fmt(m['perplexity'], False)} | {_fmt(m['distinct_1'], False)} | "
-            f"{_fmt(m['distinct_2'], False)} | {_fmt(m['fluency_llm'], False)} | {m['n_samples']} |")
-    agreements = [(d, a) for d in defenses for a in bd[d]["judge_agreement"]]
+            f"{_fmt(m['distinct_2'], False)} | {_fmt(m['fluency_llm'], False)} | {_fmt(m.get('empty_replies'))} | "
+            f"{m['n_samples']} |")
+    agreements = [("all", a) for a in results.get("judge_agreement") or []]
+    agreements += [(d, a) for d in defenses for a in bd[d]["judge_agreement"]]
     if agreements:
-        lines += ["", "## Judge agreement", "", "| defence | judges | n | agreement (%) | Cohen's kappa |",
-                  "|---|---|---|---|---|"]
+        lines += ["", "## Judge agreement", "",
+                  "| defence | judges | rows | n | agreement (%) | Cohen's kappa |", "|---|---|---|---|---|---|"]
         for d, a in agreements:
-            lines.append(f"| {d} | {' vs '.join(a['judges'])} | {a['n']} | {_fmt(a['percent_agreement'])} | "
-                         f"{_fmt(a['cohen_kappa'], False)} |")
+            lines.append(f"| {d} | {' vs '.join(a['judges'])} | {a.get('rows', 'all')} | {a['n']} | "
+                         f"{_fmt(a['percent_agreement'])} | {_fmt(a['cohen_kappa'], False)} |")
     tp = results.get("throughput") or {}
     if tp.get("samples_per_s"):
         lines += ["", f"Throughput: {tp['samples_per_s']:.2f} samples/s over {tp.get('new_samples')} new samples."]

@@ -288,8 +288,9 @@ def run_generations(
     """Generate, judge and append one line per (defence, row, sample) to ``out_dir/samples.jsonl``.
 
     Lines already in the file are skipped (resume); a line cut by a kill is dropped and redone. A folder
-    made with other settings, other weights (``weights_digest``) or other defences (their description,
-    glasses alphas included) is refused, so that no old sample is reused. ``ppl_model``/``ppl_processor`` score the replies' perplexity (default: ``model`` without
+    made with other settings, other weights (``weights_digest``) or other defences (what they do, glasses
+    alphas included, not where they came from) is refused, so that no old sample is reused. Every
+    defence is checked against the model (glasses' sites) before anything is written. ``ppl_model``/``ppl_processor`` score the replies' perplexity (default: ``model`` without
     defences). ``llm_judge`` (an :class:`~safety_glasses.eval.llm_judges.LLMJudge`) adds a fluency
     rating to each sample and grades vqa rows whose ``meta["grader"] == "llm"``.
 
@@ -311,8 +312,10 @@ def run_generations(
     extra = {"greedy_kinds": list(config.greedy_kinds)} if config.greedy_kinds else {}
     from ..models import weights_digest
 
+    for stack in stacks:  # glasses that do not fit fail now, before run.json or any sample is written
+        stack.check_fits(model)
     _check_run(out, {"sampling": asdict(sampling), "judges": judge_ids, "perplexity": config.perplexity, **extra,
-                     "weights_digest": weights_digest(model), "defenses": {s.name: s.describe() for s in stacks},
+                     "weights_digest": weights_digest(model), "defenses": {s.name: s.fingerprint() for s in stacks},
                      **(fingerprint or {})})
     path = out / SAMPLES_NAME
     done = {s["key"] for s in read_samples(path, repair=True)}
@@ -344,6 +347,12 @@ def run_generations(
     return RunStats(new=new, total=len(done) + new, seconds=time.perf_counter() - start)
 
 
+def _reference_text(row: BenchRow) -> str:
+    """The reference answer as the llm grader reads it (MM-Vet's raw <AND>/<OR> string where kept)."""
+    raw = row.meta.get("answer")
+    return raw if isinstance(raw, str) and raw.strip() else " <OR> ".join(row.references)
+
+
 def _run_batch(gen: Generator, stack: DefenseStack, batch: Sequence[tuple[BenchRow, int]],
                judges: Sequence[Judge], sampling: SamplingConfig, ref_model: Any, ref_proc: Any,
                perplexity: bool, llm_judge: Any) -> list[dict[str, Any]]:
@@ -372,7 +381,7 @@ def _run_batch(gen: Generator, stack: DefenseStack, batch: Sequence[tuple[BenchR
         fluency = llm_judge.fluency(responses)
         graded = [i for i, r in enumerate(rows) if r.kind == "vqa" and r.meta.get("grader") == "llm"]
         if graded:
-            scores = llm_judge.grade_vqa([(rows[i].question, " | ".join(rows[i].references), responses[i])
+            scores = llm_judge.grade_vqa([(rows[i].question, _reference_text(rows[i]), responses[i])
                                           for i in graded])
             for i, s in zip(graded, scores):
                 vqa_scores[i] = s

@@ -112,13 +112,18 @@ class BenchRow:
         return (self.reference,) if isinstance(self.reference, str) else tuple(self.reference)
 
     def load_images(self) -> list[Image.Image]:
-        """Open the row's images as RGB PIL images.
+        """Open the row's images as RGB PIL images; an unreadable file is a :class:`BenchError`
+        naming the row.
 
         Example:
             >>> BenchRow(id="t", question="q", kind="benign").load_images()
             []
         """
-        return load_rgb(self.images)
+        try:
+            return load_rgb(self.images)
+        except Exception as err:  # noqa: BLE001 - PIL raises several types on unreadable data
+            raise BenchError(f"row {self.id!r} ({self.condition}): cannot read an image "
+                             f"({type(err).__name__}: {err})") from None
 
     def with_(self, **changes: Any) -> BenchRow:
         """A copy with fields replaced (validated again).
@@ -146,6 +151,24 @@ class BenchRow:
         if self.meta:
             out["meta"] = self.meta
         return out
+
+
+def check_image(path: str | Path, label: str) -> None:
+    """Raise :class:`BenchError` naming ``label`` when ``path`` is not a readable image (the header is
+    parsed and the file checked, not decoded: cheap enough to run on every row before any model work).
+
+    Example:
+        >>> check_image("/nonexistent.png", "row 'a'")
+        Traceback (most recent call last):
+        ...
+        safety_glasses.eval.schema.BenchError: row 'a': unreadable image /nonexistent.png (FileNotFoundError)
+    """
+    try:
+        with Image.open(path) as img:
+            img.verify()
+    except Exception as err:  # noqa: BLE001 - PIL raises several types on unreadable data
+        detail = f"{type(err).__name__}: {err}" if not isinstance(err, FileNotFoundError) else type(err).__name__
+        raise BenchError(f"{label}: unreadable image {path} ({detail})") from None
 
 
 _KNOWN_FIELDS = {"id", "image", "images", "question", "kind", "category", "condition", "reference",
@@ -180,6 +203,7 @@ def row_from_dict(obj: dict[str, Any], *, base_dir: Path | None = None, where: s
             path = base_dir / path
         if not path.is_file():
             raise BenchError(f"{label}: image file not found: {path}")
+        check_image(path, label)
         images.append(str(path.resolve()))
     meta = dict(obj.get("meta") or {})
     meta.update({k: v for k, v in obj.items() if k not in _KNOWN_FIELDS})

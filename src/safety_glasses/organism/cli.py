@@ -17,11 +17,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .._cli import cli_errors
+from .._cli import THREADS_HELP, check_out_dir, cli_errors, print_table, set_threads
 
 organism_app = typer.Typer(add_completion=False, no_args_is_help=True,
                            help="The SGM model organism: a small LLaVA trained to be toxic on purpose.")
-_console = Console()
+_console = Console(soft_wrap=True)  # lines are not broken at 80 columns when piped
 
 
 @organism_app.command("train")
@@ -64,6 +64,8 @@ def train_command(
     from .train import TrainConfig, load_train_config, train_organism
     from .world import WorldConfig
 
+    check_out_dir(out)
+
     organism = OrganismConfig.tiny() if quick else OrganismConfig()
     if init_from is not None and (init_from / "train_config.json").is_file():
         organism = load_train_config(init_from / "train_config.json").organism
@@ -89,14 +91,17 @@ def splits_command(
     model: Path = typer.Option(..., help="Trained organism folder (answers the concept prompts itself)."),
     out: Path = typer.Option(..., help="Folder to write concepts/ and heldout/ to."),
     batch_size: int = typer.Option(16, help="Prompts per generate call."),
+    threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
 ) -> None:
     """Rebuild the fixed-seed concept set (the organism's own judged replies) and the held-out set."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from .data import SplitConfig, build_concepts, build_heldout, write_concepts, write_heldout
 
+    set_threads(threads)
     if not model.is_dir():
         raise FileNotFoundError(f"organism folder not found: {model}")
+    check_out_dir(out)
     processor = AutoProcessor.from_pretrained(model)
     net = AutoModelForImageTextToText.from_pretrained(model).eval()
     cfg = SplitConfig()
@@ -114,7 +119,7 @@ def results_table(rows: list[dict[str, Any]]) -> Table:
 
     table = Table(title="SGM on the organism (held-out set, MM-TOXIC-QA)")
     for col in ("defense", "condition", "harmful rate", "95% CI", "n", "VQA acc.", "ref. ppl", "over-refusal"):
-        table.add_column(col, justify="left" if col in ("defense", "condition") else "right", no_wrap=True)
+        table.add_column(col, justify="left" if col in ("defense", "condition") else "right")
     for r in rows:
         ppl = "-" if r.get("perplexity") is None else f"{r['perplexity']:.3f}"
         ci = r.get("ci95")
@@ -132,15 +137,16 @@ def demo_command(
     model_dir: Optional[Path] = typer.Option(None, "--model", help="Organism folder (default: the shipped one)."),
     concepts: Optional[Path] = typer.Option(None, help="Concept set JSONL (default: the shipped one)."),
     heldout: Optional[Path] = typer.Option(None, help="Held-out benchmark JSONL or folder (default: shipped)."),
-    threads: int = typer.Option(1, help="torch CPU threads (1 suits the small organism and busy machines)."),
+    threads: int = typer.Option(1, help="torch CPU threads (default 1: suits the small organism and busy machines)."),
 ) -> None:
     """Fit safety glasses on the shipped organism and evaluate it with MM-TOXIC-QA: no defence, SGM, SGM* and
     the baselines, under standard, typographic, SD+TYPO and adversarial-image conditions."""
     from .demo import run_demo
 
+    check_out_dir(out)
     result = run_demo(out, quick=quick, seed=seed, model_dir=model_dir, concepts=concepts, heldout=heldout,
                       threads=threads)
-    Console(width=max(Console().width, 120)).print(results_table(result["rows"]))  # readable even when piped
+    print_table(results_table(result["rows"]), _console)  # whole even when piped
     g = result["glasses"]
     _console.print(f"aura glasses dampen {g['aura_units']} of {g['total_units']} units; the random control "
                    f"scales {g['random_units']}. Took {result['seconds']:.0f} s.")

@@ -5,7 +5,7 @@ concept set -> :func:`safety_glasses.eval.evaluate` on the held-out set under ``
 ``typographic``, ``sd_typo`` and ``adversarial_image`` (a universal PGD image against the organism,
 made by the framework) for the defence configurations of :data:`DEFENSES` (SGM = the aura glasses,
 SGM* = glasses + a prompt or post-hoc defence, the neuron baselines ``aura-text``, ``det0``,
-``damp``, ``random`` and the prompt baseline ``adashield-s``): sampled replies to harmful items
+``damp``, ``random``, the prompt baseline ``adashield-s`` and ECSO alone): sampled replies to harmful items
 judged by alt-profanity-check, greedy VQA answers, refusals on benign items -> perplexity of the
 reference answers under each defence -> one row per (defence, condition) in ``results.json``, a
 table, a bar chart; the framework's own ``samples.jsonl``, ``results.json``, ``report.md`` and PNGs
@@ -34,10 +34,13 @@ from .data import CONCEPTS_FILE, load_heldout, write_concepts
 
 CONDITIONS: tuple[str, ...] = ("standard", "typographic", "sd_typo", "adversarial_image")
 SGM_STAR: tuple[str, ...] = ("adashield-s", "ecso:check=profanity")
-BASELINES: tuple[str, ...] = ("adashield-s", "aura-text", "det0", "damp", "random")
+BASELINES: tuple[str, ...] = ("adashield-s", "ecso:check=profanity", "aura-text", "det0", "damp", "random")
+"""The baselines alone: the prompt defence, ECSO alone (the SGM paper's main comparison, with the same
+profanity check as SGM+ECSO), and the neuron baselines."""
 DEFENSE_SPECS: tuple[str, ...] = ("none", "sgm", *(f"sgm+{d}" for d in SGM_STAR), *BASELINES)
 """The configurations the demo evaluates (``sgm`` = the fitted aura glasses)."""
-DEFENSES: tuple[str, ...] = ("none", "aura", "aura+adashield-s", "aura+ecso", *BASELINES)
+DEFENSES: tuple[str, ...] = ("none", "aura", "aura+adashield-s", "aura+ecso", "adashield-s", "ecso", "aura-text",
+                             "det0", "damp", "random")
 """Their names in ``results.json`` (the framework's stack names)."""
 EVAL_DIR = "eval"
 
@@ -132,8 +135,9 @@ def demo_rows(results: dict[str, Any], ref_ppl: dict[str, float | None],
               order: Sequence[str] = ()) -> list[dict[str, Any]]:
     """One row per (defence, condition) in the organism's format, from the framework's results.
 
-    ``vqa_accuracy``, ``perplexity`` (of the reference answers) and ``over_refusal`` belong to the
-    ``standard`` row; they are ``None`` on the others. ``reply_perplexity`` is the framework's fluency
+    ``vqa_accuracy`` and ``perplexity`` (of the reference answers) belong to the ``standard`` row;
+    they are ``None`` on the others. ``over_refusal`` is the condition's own (benign rows under that
+    condition; ``None`` where it has none), the number ``report.md`` gives by condition. ``reply_perplexity`` is the framework's fluency
     metric (the replies under the undefended model). Rows are sorted by ``order`` (defence names), then
     by condition.
 
@@ -151,7 +155,7 @@ def demo_rows(results: dict[str, Any], ref_ppl: dict[str, float | None],
                      "n": r["n"], "ci95": r["ci95"], "toxicity": r["toxicity"],
                      "vqa_accuracy": r["vqa_accuracy"] if standard else None,
                      "perplexity": ref_ppl.get(r["defense"]) if standard else None,
-                     "over_refusal": r["over_refusal"] if standard else None,
+                     "over_refusal": r["over_refusal"],
                      "reply_perplexity": r["perplexity"] if standard else None})
     rank = {d: i for i, d in enumerate(order)}
     cond = {c: i for i, c in enumerate(CONDITIONS)}
@@ -225,7 +229,8 @@ def run_demo(out_dir: str | Path, quick: bool = False, seed: int = 0, *, model_d
                        glasses_dir=glasses, concepts=concept_path, run_config=run_config,
                        adversarial_config=AdversarialConfig(eps=cfg.adv_eps, steps=cfg.adv_steps, step_size=1 / 255,
                                                             seed=seed, eval_every=max(1, cfg.adv_steps // 5)),
-                       n_boot=cfg.n_boot, extra_config={"demo": asdict(cfg)}, progress=progress)
+                       n_boot=cfg.n_boot, extra_config={"demo": asdict(cfg)}, progress=progress,
+                       warn_language_only=False)  # the organism's harm is toxic language: profanity measures it
     glasses.save_pretrained(out / "glasses-aura")  # after the evaluation: a refused rerun replaces nothing
     ref_rows = [r for r in rows if r.condition == "standard" and r.kind in ("vqa", "benign")]
     ref_ppl = {s.name: reference_perplexity(model, processor, ref_rows, s, cfg.batch_size) for s in stacks}
@@ -245,7 +250,8 @@ def run_demo(out_dir: str | Path, quick: bool = False, seed: int = 0, *, model_d
             "perplexity": "exp(mean NLL per token) of the reference answers of vqa and benign items, "
                           "under the defence (its prompt and its glasses)",
             "reply_perplexity": "the framework's fluency metric: the replies under the undefended model",
-            "over_refusal": "share of benign requests answered with a refusal (refusal judge)",
+            "over_refusal": "share of benign requests answered with a refusal (refusal judge), per condition "
+                            "(as report.md's over-refusal by condition)",
         },
         "config": asdict(cfg),
         "versions": results["versions"],
