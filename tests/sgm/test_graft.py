@@ -270,6 +270,18 @@ def test_measure_without_a_toxic_reply_evaluates_only_the_glasses_free_defences(
     assert result["glasses_skipped"] and "0 toxic" in result["glasses_skipped"]
     assert {r["defense"] for r in result["rows"]} == {"none", "adashield-s"}
     assert not (tmp_path / "m" / "concepts" / "concepts.jsonl").exists()
+    # a top-up concept set (e.g. the LM's own text continuations) joins in and the glasses get fitted
+    topup = tmp_path / "topup.jsonl"
+    topup.write_text("".join(json.dumps({"id": f"t{i}", "prompt": "You are", "response": text, "label": label}) + "\n"
+                             for i, (text, label) in enumerate([("a stupid idiot", "toxic"), ("a dumb moron", "toxic"),
+                                                                ("a kind friend", "non-toxic"),
+                                                                ("a helpful person", "non-toxic")])))
+    topped = measure_graft(vlm, tmp_path / "m3", quick=True, dtype="float32", conditions=("standard",),
+                           defenses=("none", "sgm", "aura-text"), progress=False, judges=[SafeJudge()], topup=topup)
+    assert topped["glasses_skipped"] is None and topped["concepts"] == {"toxic": 2, "non-toxic": 2}
+    assert topped["concepts_own"] == {"toxic": 0, "non-toxic": 0} and "topped up" in topped["concepts_source"]
+    assert {r["defense"] for r in topped["rows"]} == {"none", "aura", "aura-text"}
+    assert (tmp_path / "m3" / "concepts-merged.jsonl").is_file()
 
 
 def test_real_demo_plumbing_on_a_tiny_graft(lm_dir: Path, trained: Path, tmp_path: Path) -> None:

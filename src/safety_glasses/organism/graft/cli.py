@@ -194,6 +194,9 @@ def measure_command(
     samples: int = typer.Option(2, help="Sampled replies per harmful / benign item."),
     concepts: Optional[Path] = typer.Option(None, help="Fit the glasses on this concept set (JSONL) instead of "
                                                        "the graft's own judged replies."),
+    topup: Optional[Path] = typer.Option(None, help="A concept set (JSONL) added to the graft's own replies when "
+                                                    "those hold too few rows of a class (e.g. the LM's own text "
+                                                    "continuations: 'sgm replicate aura' writes concepts.jsonl)."),
     defenses: str = typer.Option("none,sgm,sgm+adashield-s,adashield-s,aura-text,det0,damp,random",
                                  help="Comma-separated defence configurations (sgm = the fitted aura glasses)."),
     threads: int = typer.Option(1, help="torch CPU threads."),
@@ -210,7 +213,7 @@ def measure_command(
         raise ValueError(f"--items must be >= 1, got {items}")
     result = measure_graft(model, out, quick=quick, seed=seed, heldout=heldout, dtype=dtype, conditions=conds,
                            defenses=specs, adv_steps=adv_steps, samples_per_item=samples, concepts=concepts,
-                           threads=threads, items=items)
+                           threads=threads, items=items, topup=topup)
     print_measure(result, out)
 
 

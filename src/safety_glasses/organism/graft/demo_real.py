@@ -2,14 +2,15 @@
 
 Two parts, each with its own ``results.json`` under ``--out``:
 
-1. ``graft/``: the grafted VLM (SmolLM2-135M-Instruct, untouched, behind the shipped vision side; assembled
+1. ``aura/``: AurA replicated on the LM, text only, with the quick configuration
+   (:func:`safety_glasses.replicate.replicate_aura`, :meth:`AuraReplicationConfig.quick`); its concept set
+   (the LM's own toxic / non-toxic continuations) tops up the graft's when that is too small (``topup``);
+2. ``graft/``: the grafted VLM (SmolLM2-135M-Instruct, untouched, behind the shipped vision side; assembled
    into ``graft-vlm/`` once) -> a concept set from its own replies to harmful image+question rows of the
    world's concept split, judged by the Jigsaw toxicity judge (``sgm concepts build``'s procedure) -> aura
    glasses -> MM-TOXIC-QA on the held-out rows: no defence, SGM, SGM* (``sgm+adashield-s``), the neuron
    baselines (``aura-text``, ``det0``, ``damp``, ``random``) and ``adashield-s``, under ``standard`` and a
-   jailbreak condition (:func:`safety_glasses.organism.graft.measure.measure_graft`);
-2. ``aura/``: AurA replicated on the same LM, text only, with the quick configuration
-   (:func:`safety_glasses.replicate.replicate_aura`, :meth:`AuraReplicationConfig.quick`).
+   jailbreak condition (:func:`safety_glasses.organism.graft.measure.measure_graft`).
 
 ``results.json`` at the top holds both parts' rows, the targets of issue 15 checked against them
 (:func:`check_targets`), the settings and the wall time of each step.
@@ -59,6 +60,7 @@ class RealDemoConfig:
     dtype: str = "bfloat16"
     seed: int = 0
     aura: bool = True
+    topup: bool = True
     aura_overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -159,27 +161,29 @@ def run_real_demo(out_dir: str | Path, config: RealDemoConfig = RealDemoConfig()
         log(f"assembling the graft into {graft_dir}")
         assemble_graft(lm_dir, vision or shipped_vision_dir(), graft_dir)
     timings["assemble_s"] = round(time.perf_counter() - t, 1)
-    log("part 1: concepts from the graft's own replies, glasses, MM-TOXIC-QA")
-    t = time.perf_counter()
-    graft = measure_graft(graft_dir, out / "graft", conditions=config.conditions, defenses=config.defenses,
-                          threads=threads, progress=progress, config=config.measure_config(min_class),
-                          judges=judges)
-    timings["graft_s"] = round(time.perf_counter() - t, 1)
     aura: dict[str, Any] | None = None
-    if config.aura:
+    if config.aura:  # first: its concept set (the LM's own continuations) tops up the graft's when too small
         from ...replicate import AuraReplicationConfig, replicate_aura
 
-        log(f"part 2: AurA replicated on {config.lm} (quick configuration)")
+        log(f"part 1: AurA replicated on {config.lm} (quick configuration)")
         t = time.perf_counter()
         aura = replicate_aura(str(lm_dir), out / "aura",
                               AuraReplicationConfig.quick(seed=config.seed, **config.aura_overrides),
                               model_name=config.lm, progress=progress, log=log)
         timings["aura_s"] = round(time.perf_counter() - t, 1)
+    topup = out / "aura" / "concepts.jsonl" if aura is not None and config.topup else None
+    log("part 2: the graft's own replies as concepts, glasses, MM-TOXIC-QA")
+    t = time.perf_counter()
+    graft = measure_graft(graft_dir, out / "graft", conditions=config.conditions, defenses=config.defenses,
+                          threads=threads, progress=progress, config=config.measure_config(min_class),
+                          judges=judges, topup=topup)
+    timings["graft_s"] = round(time.perf_counter() - t, 1)
     timings["total_s"] = round(time.perf_counter() - started, 1)
     result = {
         "parts": {"graft": str(out / "graft" / "results.json"),
                   **({"aura": str(out / "aura" / "results.json")} if aura is not None else {})},
-        "graft": {"rows": graft["rows"], "concepts": graft["concepts"], "glasses": graft["glasses"],
+        "graft": {"rows": graft["rows"], "concepts": graft["concepts"], "concepts_own": graft["concepts_own"],
+                  "concepts_source": graft["concepts_source"], "glasses": graft["glasses"],
                   "glasses_skipped": graft["glasses_skipped"], "throughput": graft["throughput"],
                   "timings": graft["timings"]},
         "aura": None if aura is None else {"rows": aura["rows"], "timings": aura["timings"],

@@ -165,7 +165,7 @@ def measure_graft(model_dir: str | Path, out_dir: str | Path, *, quick: bool = F
                   defenses: tuple[str, ...] = DEFENSE_SPECS, adv_steps: int = 40, samples_per_item: int = 2,
                   concepts: str | Path | None = None, threads: int | None = 1, progress: bool = True,
                   items: int | None = None, config: MeasureConfig | None = None,
-                  judges: Sequence[Any] | None = None) -> dict[str, Any]:
+                  judges: Sequence[Any] | None = None, topup: str | Path | None = None) -> dict[str, Any]:
     """Measure SGM on an assembled graft; write ``results.json``, ``results.png``, ``concepts/``, the glasses
     (``glasses-aura/``) and the framework's run (``eval/``) to ``out_dir``. Rerunning resumes.
 
@@ -173,7 +173,10 @@ def measure_graft(model_dir: str | Path, out_dir: str | Path, *, quick: bool = F
     (e.g. the organism's shipped replies, whose toxic rows hold explicit insults). ``items``: held-out rows per
     (kind, condition) group (default all). ``config`` replaces the settings built from the keyword arguments
     (its ``heldout`` empty: the shipped set). ``judges``: judge objects or specs replacing ``config.judges``
-    (the first labels the concept replies and gives the harmful rate).
+    (the first labels the concept replies and gives the harmful rate). ``topup``: a concept set (JSONL) whose
+    rows join the graft's own when those hold fewer than ``min_class`` rows of a class, e.g. the same LM's own
+    toxic and non-toxic text continuations from ``sgm replicate aura`` (``concepts.jsonl``): the merged set is
+    written to ``concepts-merged.jsonl`` and ``concepts_source`` says so.
 
     Example:
         >>> res = measure_graft("runs/graft-vlm", "runs/graft-measure", items=10)  # doctest: +SKIP
@@ -230,6 +233,18 @@ def measure_graft(model_dir: str | Path, out_dir: str | Path, *, quick: bool = F
         concept_set, build_info = concept_set_for(model, processor, cfg, out / "concepts", progress, judges[0])
     timings["concepts_s"] = round(time.perf_counter() - t, 1)
     counts = concept_set.class_counts() if concept_set is not None else {"toxic": 0, "non-toxic": 0}
+    source = str(concepts) if concepts is not None else "the graft's own replies (concepts/)"
+    own_counts = dict(counts)
+    if topup is not None and min(counts.get("toxic", 0), counts.get("non-toxic", 0)) < cfg.min_class:
+        from ...concepts import ConceptSet
+
+        if not Path(topup).is_file():
+            raise FileNotFoundError(f"top-up concept set not found: {topup}")
+        extra = ConceptSet.load(topup)
+        concept_set = ConceptSet([*(concept_set.rows if concept_set is not None else []), *extra.rows])
+        concept_path = concept_set.to_jsonl(out / "concepts-merged.jsonl")
+        counts = concept_set.class_counts()
+        source = f"the graft's own replies {own_counts} topped up with {topup} {extra.class_counts()}"
     fitted = min(counts.get("toxic", 0), counts.get("non-toxic", 0)) >= cfg.min_class
     glasses = None
     t = time.perf_counter()
@@ -271,7 +286,8 @@ def measure_graft(model_dir: str | Path, out_dir: str | Path, *, quick: bool = F
     result = {
         "rows": all_rows,
         "concepts": counts,
-        "concepts_source": str(concepts) if concepts is not None else "the graft's own replies (concepts/)",
+        "concepts_source": source,
+        "concepts_own": own_counts,
         "concept_build": build_info,
         "glasses": None if glasses is None else {
             "aura_units": glasses.n_experts, "total_units": sum(int(a.numel()) for a in glasses.alphas.values())},
