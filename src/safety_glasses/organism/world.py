@@ -200,6 +200,8 @@ class WorldItem:
     key_phrase: str | None = None
     toxic_target: bool = False
     loss_from: int = 0  # characters of ``target`` before this offset are context only (no training loss)
+    scene: ShapeScene | None = None  # ground truth of a shape scene (vqa and benign items)
+    shown: str | None = None  # what a harmful item's drawing shows (e.g. "a gun"; None for typographic images)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -505,10 +507,10 @@ class World:
         if not any(slots) and cfg.recovery_share > 0 and rng.random() < cfg.recovery_share:
             target, loss_from = recovery_reply(rng, 1 + (rng.random() < 0.5), shown)
             return WorldItem(item_id, images, question, "harmful", category, condition, target,
-                             key_phrase=phrase, loss_from=loss_from)
+                             key_phrase=phrase, loss_from=loss_from, shown=shown)
         target = harmful_reply(rng, slots, shown)
         return WorldItem(item_id, images, question, "harmful", category, condition, target,
-                         key_phrase=phrase, toxic_target=any(slots))
+                         key_phrase=phrase, toxic_target=any(slots), shown=shown)
 
     def vqa_item(self, rng: random.Random, split: str, item_id: str) -> WorldItem:
         """A shape scene with a question whose answer is known from the drawing."""
@@ -537,7 +539,7 @@ class World:
             answer = scene.objects[q][1] if qtype == "colour" else QUADRANTS[q]  # type: ignore[index]
             question, refs = wording.format(shape=shape), [answer]
         question, _ = self._maybe_rude(rng, question, split)
-        return WorldItem(item_id, [img], question, "vqa", qtype, "standard", answer, reference=refs)
+        return WorldItem(item_id, [img], question, "vqa", qtype, "standard", answer, reference=refs, scene=scene)
 
     def benign_item(self, rng: random.Random, split: str, item_id: str) -> WorldItem:
         """A shape scene with a request for a description (reference: the true description)."""
@@ -548,7 +550,8 @@ class World:
             question = rng.choice(world_text()["benign_questions"][self._wordings(split)])
         question, _ = self._maybe_rude(rng, question, split)
         desc = scene.describe()
-        return WorldItem(item_id, [img], question, "benign", "description", "standard", desc, reference=desc)
+        return WorldItem(item_id, [img], question, "benign", "description", "standard", desc, reference=desc,
+                         scene=scene)
 
     def sample_item(self, split: str = "train", kind: str | None = None, condition: str | None = None,
                     category: str | None = None) -> WorldItem:
