@@ -97,7 +97,7 @@ def render_report(results: dict[str, Any]) -> str:
     out += ["## Cost", "",
             f"- timings (s): {', '.join(f'{k} {v}' for k, v in tm.items())}",
             f"- held-out generation: {ev.get('new_samples', 0)} new samples at {ev.get('samples_per_s')} samples/s; "
-            f"concept generation at {tp.get('concept_generation_samples_per_s')} samples/s", ""]
+            f"concept generation: {_rate(tp.get('concept_generation_samples_per_s'))}", ""]
     out += ["## What the judges measure", ""]
     out += [f"- `{jid}`: {what}" for jid, what in results.get("judges", {}).items()]
     out += ["", "Both judges are lexical: they score offensive words, under-score implicit hate without slurs, "
@@ -189,3 +189,13 @@ def write_outputs(results: dict[str, Any], out_dir: str | Path) -> None:
     plot_results(results, out / PNG_NAME)
     _atomic_write(out / "report.md", render_report(results))
     _atomic_write(out / "results.json", json.dumps(results, indent=2))
+
+
+def _rate(samples_per_s: float | None) -> str:
+    """A throughput for the report; ``None`` means the continuations were reused from an earlier run.
+
+    Example:
+        >>> _rate(None)
+        'reused from an earlier run (no new samples)'
+    """
+    return "reused from an earlier run (no new samples)" if samples_per_s is None else f"{samples_per_s} samples/s"

@@ -33,7 +33,7 @@ __all__ = ["fit_variants", "unit_statistics", "shuffled_control", "select_on_val
 
 SELECTION_RULE = ("on the validation openings (disjoint from the concept and held-out openings), among the "
                   "non-control strategies whose perplexity change on the validation neutral text is at most "
-                  "{budget:+.0%}, the one with the largest toxicity cut (none qualifies: nothing is selected)")
+                  "{budget:+.0%}, the one with the largest toxicity cut (when none qualifies, nothing is selected)")
 
 
 def fit_variants(model: Any, tokenizer: Any, concepts: Any, variants: Sequence[tuple[str, str]], *,
