@@ -53,8 +53,10 @@ class BoxProblem:
     """One attack on one policy: view, box at ``k``, controlled entries, goal, abstract domain.
 
     ``phys_lo`` / ``phys_hi`` clamp the box into the observation's physical limits (``None``:
-    none).  ``base_lo`` / ``base_up`` (float32 ``[obs]``) are the box of every entry; the
-    controlled entries are overwritten by :meth:`box`.
+    none).  ``tighten`` (optional) maps the float64 box ``(lo, up)`` to a smaller one using what
+    the attackers know for sure about the problem (e.g. one entry is a function of others); it
+    must only remove points no real observation can take.  ``base_lo`` / ``base_up`` (float32
+    ``[obs]``) are the box of every entry; the controlled entries are overwritten by :meth:`box`.
 
     Example:
         >>> # problem.at_k(0.5).box(x)[0].shape == (x.shape[0], obs_dim)
@@ -68,11 +70,14 @@ class BoxProblem:
     domain: str = "crown"
     phys_lo: np.ndarray | None = None
     phys_hi: np.ndarray | None = None
+    tighten: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
     base_lo: torch.Tensor = field(init=False)
     base_up: torch.Tensor = field(init=False)
 
     def __post_init__(self) -> None:
         lo, up = self.stats.box(self.k, self.phys_lo, self.phys_hi)
+        if self.tighten is not None:
+            lo, up = self.tighten(lo, up)
         self.base_lo = torch.tensor(lo, dtype=torch.float32)
         self.base_up = torch.tensor(up, dtype=torch.float32)
 
@@ -91,17 +96,15 @@ class BoxProblem:
         lo = self.base_lo.to(dtype).expand(B, -1).clone()
         up = self.base_up.to(dtype).expand(B, -1).clone()
         idx = self.controlled.indices
-        vals = self.controlled.values(x.to(dtype))
-        lo = lo.index_put((torch.arange(B)[:, None], idx[None, :]), vals)
-        up = up.index_put((torch.arange(B)[:, None], idx[None, :]), vals)
+        v_lo, v_up = self.controlled.values_box(x.to(dtype), self.base_lo[idx].to(dtype), self.base_up[idx].to(dtype))
+        lo = lo.index_put((torch.arange(B)[:, None], idx[None, :]), v_lo)
+        up = up.index_put((torch.arange(B)[:, None], idx[None, :]), v_up)
         return lo, up
 
     def point(self, x: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
-        """Observations ``obs [B, obs]`` with the controlled entries replaced by ``x``'s values."""
-        B = x.shape[0]
-        idx = self.controlled.indices
-        vals = self.controlled.values(x).to(obs.dtype)
-        return obs.index_put((torch.arange(B)[:, None], idx[None, :]), vals)
+        """Observations ``obs [B, obs]`` as the policy sees them under parameters ``x``
+        (:meth:`Controlled.apply`: the controlled entries replaced or transformed)."""
+        return self.controlled.apply(x, obs)
 
     def mean_observation(self) -> torch.Tensor:
         """The normaliser's mean observation, within the box (physical limits applied), ``[obs]``."""
