@@ -1,4 +1,4 @@
-"""The attack commands of the ``fggm`` CLI (``fggm attack``, ``fggm sweep``, ``fggm demo``): thin
+"""The attack commands of the ``fggm`` CLI (``fggm attack``, ``fggm sweep``): thin
 typer layers over :mod:`fggm.mimo.attack`, :mod:`fggm.mimo.attack_eval` and :mod:`fggm.mimo.sweep`,
 registered on the main app by :mod:`fggm.cli`.
 
@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import typer
 
-__all__ = ["attack", "sweep", "demo", "summary_table", "margins_table"]
+__all__ = ["attack", "sweep", "summary_table", "margins_table"]
 
 
 def _cli() -> Any:
@@ -220,48 +220,3 @@ def sweep(
     if result["margins"]:
         cli.console.print(margins_table(result["margins"]))
     cli.console.print(f"wrote {Path(out) / 'results.json'} and {', '.join(result.get('pngs', []))}")
-
-
-def demo(
-    out: Path = typer.Option(Path("runs/fggm-demo"), "--out", help="Output directory (results.json, attack JSONs, PNGs)."),
-    scheduler: Optional[Path] = typer.Option(None, "--scheduler", help="Checkpoint directory (default: the shipped smart16)."),
-    attackers: str = typer.Option("0,1", "--attackers", help="Comma-separated attacker user ids."),
-    victims: str = typer.Option("2", "--victims", help="Comma-separated victim user ids."),
-    k: float = typer.Option(3.0, "--k", help="Box half-width in normaliser standard deviations."),
-    forgery: str = typer.Option("fixed", "--forgery", help="Threat model: fixed, stealthy or pilot."),
-    ttis: int = typer.Option(800, "--ttis", help="TTIs per seed and condition."),
-    seeds: int = typer.Option(2, "--seeds", help="Number of channel seeds (unseen in training and crafting)."),
-    threads: int = typer.Option(1, "--threads", help="torch CPU threads."),
-    knapsack: bool = typer.Option(True, "--knapsack/--no-knapsack",
-                                  help="Also run the knapsack part (shipped solver, 2 attacker items; into OUT/knapsack)."),
-) -> None:
-    """On the shipped scheduler and knapsack solver: craft FGGM and the baselines, evaluate all, print tables, write PNGs."""
-    import torch
-
-    from fggm.mimo.attack import ThreatModel, Victim
-    from fggm.mimo.attack_eval import attack_table, default_scheduler, run_demo
-    from fggm.mimo.config import ConfigError
-
-    cli = _cli()
-    torch.set_num_threads(max(1, threads))
-    try:
-        if ttis < 1 or seeds < 1:
-            raise ConfigError("--ttis and --seeds must be >= 1")
-        tm = ThreatModel(attackers=cli._users(attackers, "--attackers"), victims=cli._users(victims, "--victims"), k=k,
-                         forgery=forgery)
-        victim = Victim.load(scheduler or default_scheduler())
-        result = run_demo(victim, tm, ttis=ttis, seeds=tuple(range(101, 101 + seeds)), out_dir=out, progress=True)
-    except cli.USER_ERRORS as exc:
-        cli.fail(cli._error_text(exc))
-        return
-    cli.console.print(attack_table(result["rows"], title=f"FGGM demo ({forgery}): attackers {list(tm.attackers)}, victims "
-                                                         f"{list(tm.victims)}, k={k:g} ({ttis} TTIs x {seeds} seeds)"))
-    cli.console.print(f"wrote {Path(out) / 'results.json'} and {', '.join(result.get('pngs', []))} "
-                      f"in {result['wall_s']} s (one victim: `fggm sweep --victims all` gives the mean over all)")
-    if knapsack:
-        from fggm.knapsack.cli import demo_part
-
-        try:
-            demo_part(Path(out) / "knapsack")
-        except cli.USER_ERRORS as exc:
-            cli.fail(cli._error_text(exc))
