@@ -225,3 +225,21 @@ def test_llm_judge_local_folder(tmp_path: Path) -> None:
         assert (v.label, v.score) in {("unsafe", 1.0), ("safe", 0.0), ("unparsed", 0.5)}
     replies = judge.complete(["hello there"])
     assert replies == judge.complete(["hello there"]) and isinstance(replies[0], str)
+
+
+def test_llm_judge_folders_take_prepared_real_model_names(monkeypatch, tmp_path) -> None:
+    import safety_glasses.models as models
+    from safety_glasses.eval.llm_judges import judge_folder
+
+    prepared = tmp_path / "cache" / "smollm2-135m"
+    prepared.mkdir(parents=True)
+    monkeypatch.setattr(models, "resolve_source", lambda name: str(prepared) if name == "smollm2-135m" else name)
+    assert judge_folder("smollm2-135m") == prepared
+    assert judge_folder(tmp_path) == tmp_path  # an existing folder is taken as it is
+
+    def missing(name: str) -> str:
+        raise models.ModelLoadError(f"real model {name!r} is not prepared: run `sgm models prepare {name}`")
+
+    monkeypatch.setattr(models, "resolve_source", missing)
+    with pytest.raises(JudgeError, match="sgm models prepare gemma3-270m"):
+        judge_folder("gemma3-270m")

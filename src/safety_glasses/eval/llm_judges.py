@@ -59,6 +59,25 @@ def llama_guard_prompt(prompt: str, response: str, *, image_token: str | None, b
     )
 
 
+def judge_folder(path: str | Path) -> Path:
+    """The local folder of a judge model: a folder as given, or a prepared real-model name
+    (``sgm models list``, e.g. ``smollm2-135m``) resolved to its cache folder.
+
+    Example:
+        >>> judge_folder("runs/judge-model")  # doctest: +SKIP
+        PosixPath('runs/judge-model')
+    """
+    from ..models import ModelLoadError, resolve_source
+
+    text = str(path)
+    if Path(text).expanduser().exists():
+        return Path(text).expanduser()
+    try:
+        return Path(resolve_source(text))
+    except ModelLoadError as exc:
+        raise JudgeError(str(exc)) from None
+
+
 def _load_local_generator(folder: Path, device: str) -> tuple[Any, Any, Any]:
     """(model, processor or None, tokenizer) from a local folder; VLMs through the image-text class."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
@@ -105,7 +124,7 @@ class LlamaGuardJudge:
                  max_new_tokens: int = 16) -> None:
         from .judges import _pick_device
 
-        folder = Path(path)
+        folder = judge_folder(path)
         self.device = _pick_device(device)
         self.model, self.processor, self.tokenizer = _load_local_generator(folder, self.device)
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
@@ -294,7 +313,7 @@ class LLMJudge:
         else:
             from .judges import _pick_device
 
-            folder = Path(str(path))
+            folder = judge_folder(path)
             self.device = _pick_device(device)
             self.model, self.processor, self.tokenizer = _load_local_generator(folder, self.device)
             self.judge_id = f"llm-judge:{folder.resolve().name}"
