@@ -14,9 +14,11 @@ from torch import nn
 
 from fggm.config import EnvConfig, FggmConfig
 from fggm.core import bounds
+from fggm.core.attack import BoxProblem, prove_split
+from fggm.core.spec import MatrixSpec
 from fggm.core.spec import RankSpec
 from fggm.core.stats import nested_drop, spread
-from fggm.core.threat import NormaliserStats, coverage
+from fggm.core.threat import BoundedEntries, NormaliserStats, coverage
 from fggm.mimo import scheduled_se, single_user_se
 from fggm.mimo.attack import AttackResult, AttackSetup, ThreatModel, ThreatModelError, Victim, craft
 from fggm.mimo.attack_eval import evaluate_attacks
@@ -221,6 +223,26 @@ def test_scores_victim_setup_uses_the_rank_spec() -> None:
         pts = lo + (up - lo) * torch.rand(1000, lo.shape[1])
         top = torch.topk(view(pts), 2, dim=1).indices
         assert not bool((top == 3).any())
+
+
+def test_input_splitting_proves_what_one_crown_pass_cannot() -> None:
+    torch.manual_seed(1)
+    view = nn.Sequential(nn.Linear(2, 12), nn.ReLU(), nn.Linear(12, 12), nn.ReLU(), nn.Linear(12, 1))
+    stats = NormaliserStats(np.zeros(2), np.ones(2), 1e-8, 10.0)
+    ctl = BoundedEntries(torch.tensor([0]), torch.tensor([0.0]), torch.tensor([0.0]))
+    x = torch.zeros(1, 1)
+    with torch.no_grad():  # the exact minimum over the box (one unknown entry in [-1, 1]) on a fine grid
+        true_min = float(view(torch.stack([torch.zeros(20001), torch.linspace(-1, 1, 20001)], 1)).min())
+    crown_lb = float(BoxProblem(view, stats, ctl, MatrixSpec(torch.ones(1, 1), torch.zeros(1)), 1.0)
+                     .bound(x, "crown", torch.float64)[0])
+    assert crown_lb < true_min - 1e-3
+    d = true_min - 0.1 * (true_min - crown_lb)  # true on the box, beyond one CROWN pass
+    p = BoxProblem(view, stats, ctl, MatrixSpec(torch.ones(1, 1), torch.tensor([d])), 1.0)
+    assert p.spec.which(*p.bound(x, "crown", torch.float64)) is None
+    proved, leaves = prove_split(p, x, max_leaves=64)
+    assert proved and 1 < leaves <= 64
+    false = BoxProblem(view, stats, ctl, MatrixSpec(torch.ones(1, 1), torch.tensor([true_min + 1e-3])), 1.0)
+    assert prove_split(false, x, max_leaves=16) == (False, 16)  # never proves a false claim
 
 
 # ------------------------------------------------------------------------- coverage, box, statistics
