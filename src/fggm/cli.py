@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fggm.mimo.config import ConfigError, EnvConfig, FggmConfig
@@ -28,7 +29,7 @@ app = typer.Typer(
 )
 console = Console()
 
-USER_ERRORS = (ConfigError, ValueError, FileNotFoundError, KeyError)
+USER_ERRORS = (ConfigError, ValueError, OSError, KeyError)  # OSError: unreadable or unwritable files
 
 
 def fail(message: str) -> None:
@@ -46,6 +47,42 @@ def _error_text(exc: BaseException) -> str:
     return (text.strip().splitlines() or [type(exc).__name__])[0]
 
 
+def check_out(path: Path, what: str = "--out", is_file: bool = False) -> None:
+    """Refuse an output path that cannot be written, before any expensive work.
+
+    ``is_file`` paths (a JSON) must not be folders; folder paths must not be files.  A probe file
+    is written and removed in the folder, or in its nearest existing parent when it does not
+    exist yet (nothing is created, so a refused run leaves nothing behind).
+
+    Example:
+        >>> import tempfile; d = Path(tempfile.mkdtemp())
+        >>> check_out(d / "run" / "sub")   # d is writable; nothing is created
+        >>> (d / "run").exists()
+        False
+        >>> _ = (d / "f").write_text("x")
+        >>> try:
+        ...     check_out(d / "f")
+        ... except ConfigError as e:
+        ...     print(e)                # doctest: +ELLIPSIS
+        --out .../f is a file, not a folder
+    """
+    import tempfile
+
+    if is_file and path.is_dir():
+        raise ConfigError(f"{what} {path} is a folder, not a file")
+    if not is_file and path.exists() and not path.is_dir():
+        raise ConfigError(f"{what} {path} is a file, not a folder")
+    folder = path.parent if is_file else path
+    existing = next((p for p in [folder, *folder.absolute().parents] if p.exists()), Path("/"))
+    if not existing.is_dir():
+        raise ConfigError(f"{what} {path} is not writable: {existing} is a file")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{what} {path} is not writable: {exc.strerror or exc}") from None
+
+
 @app.command()
 def train(
     config: Path = typer.Option(..., "--config", help="YAML/JSON config with 'env' and 'train' sections."),
@@ -61,6 +98,7 @@ def train(
         cfg = FggmConfig.from_file(config)
         if steps is not None and steps < 1:
             raise ConfigError("--steps must be >= 1")
+        check_out(out)
         manifest = run_train(cfg, out, steps=steps, seed=seed, progress=True, final_eval=not no_eval)
     except USER_ERRORS as exc:
         fail(_error_text(exc))
@@ -81,7 +119,8 @@ def results_table(rows: list[dict[str, Any]], title: str = "evaluation") -> Tabl
     """
     table = Table(title=title)
     for col in ("scheduler", "mean reward", "vs exhaustive", "sum SE [b/s/Hz]", "Jain", "min user SE"):
-        table.add_column(col, justify="left" if col == "scheduler" else "right")
+        # escape: rich would read "[b/s/Hz]" as a markup tag and drop it
+        table.add_column(escape(col), justify="left" if col == "scheduler" else "right")
     best = next((r["mean_reward"] for r in rows if r["scheduler"] == "exhaustive"), None)
     for r in rows:
         ratio = f"{100 * r['mean_reward'] / best:.1f}%" if best else "-"
@@ -149,6 +188,7 @@ def evaluate(
         if ttis < 1:
             raise ConfigError("--ttis must be >= 1")
         env_cfg = FggmConfig.from_file(config).env if config is not None else None
+        check_out(out)
         scheds, env_cfg = resolve_schedulers(list(scheduler), env_cfg, seed)
         rows = evaluate_schedulers(env_cfg, scheds, ttis, seed, progress=True)
     except USER_ERRORS as exc:
@@ -185,6 +225,7 @@ def _evaluate_attack(attack: Path, scheduler: list[str], ttis: int, seed: int, o
             raise ConfigError("--ttis must be >= 1")
         if len(scheduler) > 1:
             raise ConfigError("--attack takes at most one --scheduler (the attacked checkpoint)")
+        check_out(out)
         result = evaluate_attack_file(attack, scheduler[0] if scheduler else None, ttis=ttis,
                                       seeds=(seed, seed + 1, seed + 2), oracle=oracle, out_dir=out, progress=True)
     except USER_ERRORS as exc:
@@ -227,6 +268,7 @@ def demo(
             raise ConfigError("--ttis and --seeds must be >= 1")
         tm = ThreatModel(attackers=_users(attackers, "--attackers"), victims=_users(victims, "--victims"), k=k,
                          forgery=forgery)
+        check_out(out)
         victim = Victim.load(scheduler or default_scheduler())
         result = run_demo(victim, tm, ttis=ttis, seeds=tuple(range(101, 101 + seeds)), out_dir=out, progress=True)
     except USER_ERRORS as exc:
@@ -249,13 +291,28 @@ from fggm.knapsack.cli import app as knapsack_app  # noqa: E402  (the knapsack p
 app.add_typer(knapsack_app, name="knapsack")
 
 
-def main() -> None:
-    """Console-script entry point (``fggm``)."""
+def main(args: Optional[list[str]] = None) -> None:
+    """Console-script entry point (``fggm``): usage errors (an unknown option, ``--ttis abc``) are one
+    ``error: ...`` line and exit code 2, as every other bad input; a bare ``fggm`` prints the help.
+
+    Example:
+        >>> main(["evaluate", "--help"])  # doctest: +SKIP
+    """
+    click_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
     try:
-        app()
-    except KeyboardInterrupt:
+        code = typer.main.get_command(app).main(args=args, standalone_mode=False)
+    except click_error as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            app(args)
+            return
+        ctx = getattr(exc, "ctx", None)
+        where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        typer.echo(f"error: {' '.join(exc.format_message().split())}{where}", err=True)
+        sys.exit(getattr(exc, "exit_code", 2) or 2)
+    except (KeyboardInterrupt, EOFError):
         typer.echo("error: interrupted", err=True)
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

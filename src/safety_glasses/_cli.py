@@ -128,3 +128,34 @@ def print_table(table: Any, console: Any = None) -> None:
     wide = Console(width=100_000, file=console.file, color_system=None)
     width = Measurement.get(wide, wide.options, table).maximum
     Console(width=max(80, width), file=console.file, color_system=None).print(table)
+
+
+def run_app(app: Any, args: list[str] | None = None) -> None:
+    """Run a typer app with usage errors (an unknown option, ``--ttis abc``) as one ``error: ...`` line
+    and exit code 2, like every other bad input; ``--help`` and a bare command still print the help.
+
+    Example:
+        >>> run_app(app, ["fit", "--help"])  # doctest: +SKIP
+    """
+    import typer
+
+    click_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=args, standalone_mode=False)
+    except click_error as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `sgm` or `sgm models` alone: the help, as typer shows it
+            app(args)
+            return
+        from ._secrets import redact_secrets
+
+        ctx = getattr(exc, "ctx", None)
+        where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        message = " ".join(exc.format_message().split())
+        print(f"error: {redact_secrets(message)}{where}", file=sys.stderr, flush=True)
+        sys.exit(getattr(exc, "exit_code", 2) or 2)
+    except (KeyboardInterrupt, EOFError):
+        print("error: interrupted", file=sys.stderr, flush=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+

@@ -236,8 +236,10 @@ app.command("compare")(compare_command)
 
 
 def main() -> None:
-    """Console entry point of ``sgm``."""
-    app()
+    """Console entry point of ``sgm`` (usage errors are one ``error:`` line, exit 2)."""
+    from ._cli import run_app
+
+    run_app(app)
 
 
 if __name__ == "__main__":

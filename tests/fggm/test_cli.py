@@ -69,3 +69,19 @@ def test_bad_inputs_exit_2_with_one_line(trained: Path, tmp_path: Path) -> None:
 def test_help_lists_commands() -> None:
     res = runner.invoke(app, ["--help"])
     assert res.exit_code == 0 and "train" in res.output and "evaluate" in res.output
+
+
+def test_usage_errors_are_one_line_and_exit_2(capsys) -> None:
+    import pytest
+
+    from fggm.cli import main
+
+    for args, start in ((["evaluate", "--ttis", "abc"], "error: Invalid value for '--ttis'"),
+                        (["knapsack", "attack", "--nope"], "error: No such option: --nope")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(args)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and err.startswith(start) and err.count("\n") == 1, err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--help"])
+    assert exit_info.value.code == 0 and "--ttis" in capsys.readouterr().out

@@ -50,3 +50,20 @@ def test_tables_are_whole_when_piped(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     assert run.name in res.output and "aura+adashield-s+self-reminder" in res.output
     assert "…" not in res.output
+
+
+def test_usage_errors_are_one_line_and_exit_2(capsys) -> None:
+    import pytest
+
+    from safety_glasses._cli import run_app
+
+    for args, start in ((["fit", "--threads", "x"], "error: Invalid value for '--threads'"),
+                        (["fit", "--nope"], "error: No such option: --nope"),
+                        (["fitt"], "error: No such command 'fitt'")):
+        with pytest.raises(SystemExit) as exit_info:
+            run_app(app, args)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and err.startswith(start) and err.count("\n") == 1, err
+    with pytest.raises(SystemExit) as exit_info:
+        run_app(app, ["fit", "--help"])
+    assert exit_info.value.code == 0 and "--concepts" in capsys.readouterr().out

@@ -146,11 +146,16 @@ class AttackResult:
         }
 
     def save(self, path: str | Path) -> Path:
-        """Write ``attack.json`` (parents created, written whole or not at all); returns the path."""
+        """Write ``attack.json`` (parents created, written whole or not at all); returns the path.
+        The scheduler is recorded relative to the file's folder when that resolves it."""
+        from fggm.mimo.safe_load import scheduler_ref
+
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
+        d = self.to_dict()
+        d["scheduler"] = scheduler_ref(self.scheduler, p.parent)  # resolvable from the file's folder
         tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2))
+        tmp.write_text(json.dumps(d, indent=2))
         tmp.replace(p)
         return p
 

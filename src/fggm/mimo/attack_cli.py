@@ -81,6 +81,7 @@ def attack(
                          forgery=forgery, domain=domain, step_rule=step_rule, steps=steps, step_size=step_size,
                          restarts=restarts, power_budget=power_budget, stealth_k=stealth_k,
                          pilot_gain=_pair(pilot_gain, "--pilot-gain"), box=box, horizon=horizon, seed=seed)
+        cli.check_out(out, is_file=True)
         victim = Victim.load(scheduler or default_scheduler())
         setup = AttackSetup.build(victim, tm)  # validate users and sizes before the progress bar starts
         if coverage is not None:
@@ -211,6 +212,7 @@ def sweep(
                                  ks=cli._floats(ks, "--k"), channels=_words(channels), methods=_words(methods),
                                  craft_seeds=craft_seeds, eval_seeds=tuple(range(101, 101 + seeds)), ttis=ttis,
                                  steps=steps, restarts=restarts, oracle_steps=oracle_steps, box=box_kind)
+        cli.check_out(out)
         victim = Victim.load(scheduler or default_scheduler())
         result = run_sweep(victim, settings, out_dir=out, fresh=fresh, progress=True)
     except cli.USER_ERRORS as exc:

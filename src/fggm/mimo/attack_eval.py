@@ -322,12 +322,12 @@ def evaluate_attack_file(attack_path: str | Path, scheduler: str | Path | None =
     Example:
         >>> evaluate_attack_file("runs/attack.json", ttis=800, out_dir="runs/attack-eval")   # doctest: +SKIP
     """
+    from fggm.mimo.safe_load import resolve_scheduler_ref
+
     res = AttackResult.load(attack_path)
-    src = scheduler or res.scheduler
-    if not src:
+    if not scheduler and not res.scheduler:
         raise FileNotFoundError(f"{attack_path} names no scheduler; pass --scheduler")
-    if not Path(src).is_dir():
-        raise FileNotFoundError(f"scheduler directory not found: {src}")
+    src = scheduler or resolve_scheduler_ref(res.scheduler, attack_path)
     victim = Victim.load(src)
     for key in ("num_antennas", "num_users", "max_scheduled"):
         if res.env.get(key) != getattr(victim.env, key):

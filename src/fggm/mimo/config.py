@@ -192,7 +192,9 @@ class FggmConfig:
             data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
         except (yaml.YAMLError, json.JSONDecodeError) as exc:
             raise ConfigError(f"cannot parse {p}: {str(exc).splitlines()[0]}") from None
-        return cls.from_dict(data or {})
+        _check(data is not None and data != {}, f"config file {p} is empty: give at least an 'env' or 'train' section "
+               "(an empty file would silently mean every default, e.g. the full training run)")
+        return cls.from_dict(data)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-serialisable dict."""
@@ -214,10 +216,26 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     names = {f.name for f in fields(cls)}
     unknown = set(data) - names
     _check(not unknown, f"unknown key(s) in '{where}': {', '.join(sorted(unknown))}")
+    for f in fields(cls):
+        if f.name in data:
+            _check_type(f.type, data[f.name], f"{where}.{f.name}")
     try:
         return cls(**data)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise ConfigError(f"bad value in '{where}': {exc}") from None
+
+
+def _check_type(annotation: Any, value: Any, where: str) -> None:
+    """Scalar fields must hold their type (an int field refuses 16.5 and "16"; bools are not ints)."""
+    kind = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+    if kind == "int":
+        _check(isinstance(value, int) and not isinstance(value, bool), f"{where} must be an integer, got {value!r}")
+    elif kind == "float":
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), f"{where} must be a number, got {value!r}")
+    elif kind == "bool":
+        _check(isinstance(value, bool), f"{where} must be true or false, got {value!r}")
+    elif kind == "str":
+        _check(isinstance(value, str), f"{where} must be a string, got {value!r}")
 
 
 def _jsonable(x: Any) -> Any:

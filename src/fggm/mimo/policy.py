@@ -13,7 +13,7 @@ Every layer is supported by :mod:`fggm.bounds`.
 
 from __future__ import annotations
 
-import pickle
+import io
 from pathlib import Path
 from typing import Any
 
@@ -114,27 +114,65 @@ def find_checkpoint(scheduler_dir: str | Path) -> tuple[Path, Path | None]:
 
 
 def load_vecnormalize(path: str | Path) -> Any:
-    """Unpickle a saved ``VecNormalize`` without attaching an environment (only its statistics
-    are used).  Like any pickle, only load files you trust.
+    """A saved ``VecNormalize`` without an environment attached (only its statistics are used),
+    read by :func:`fggm.mimo.safe_load.load_vecnormalize`'s restricted unpickler: a crafted file
+    cannot run code.
 
     Example:
         >>> vn = load_vecnormalize("data/schedulers/smart16/vecnormalize.pkl")  # doctest: +SKIP
     """
-    with open(path, "rb") as fh:
-        return pickle.load(fh)
+    from fggm.mimo.safe_load import load_vecnormalize as safe
+
+    return safe(path)
 
 
 def load_attacker_view(scheduler_dir: str | Path) -> nn.Sequential:
     """Load a saved SAC scheduler (``*.zip`` + ``vecnormalize.pkl``) as the attacker's view.
+
+    Nothing is unpickled from the files (see :mod:`fggm.mimo.safe_load`); the SAC zip is loaded
+    against the spaces of the environment in the folder's ``manifest.json`` or, without one, the
+    observation and action sizes of its policy weights.
 
     Example:
         >>> view = load_attacker_view("data/schedulers/smart16")  # doctest: +SKIP
         >>> view(torch.zeros(1, 544)).shape                          # doctest: +SKIP
         torch.Size([1, 1])
     """
-    from stable_baselines3 import SAC
+    from fggm.mimo.safe_load import load_sac
 
     zip_path, pkl_path = find_checkpoint(scheduler_dir)
-    model = SAC.load(str(zip_path), device="cpu")
+    obs_space, act_space = _spaces(Path(scheduler_dir), zip_path)
+    model = load_sac(zip_path, obs_space, act_space)
     vecnorm = load_vecnormalize(pkl_path) if pkl_path is not None else None
     return extract_policy(model, vecnorm)
+
+
+def _spaces(folder: Path, zip_path: Path) -> tuple[Any, Any]:
+    """Observation and action spaces for a checkpoint: its manifest's environment, else the sizes
+    of the actor's first and last weights (unbounded observations, actions in [-1, 1])."""
+    import json
+    import zipfile
+
+    from gymnasium import spaces
+
+    from fggm.mimo.config import ConfigError, env_config_from_dict
+    from fggm.mimo.safe_load import CheckpointError
+
+    manifest = folder / "manifest.json"
+    if manifest.is_file():
+        try:
+            from fggm.mimo.env import MuMimoEnv
+
+            env = MuMimoEnv(env_config_from_dict(json.loads(manifest.read_text())["config"]["env"]))
+            return env.observation_space, env.action_space
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError, ConfigError):
+            pass  # not one of this project's manifests: fall back to the weights
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            state = torch.load(io.BytesIO(zf.read("policy.pth")), map_location="cpu", weights_only=True)
+        first = state["actor.latent_pi.0.weight"] if "actor.latent_pi.0.weight" in state else \
+            next(v for k, v in state.items() if k.startswith("actor.") and k.endswith("weight"))
+        n_obs, n_act = int(first.shape[1]), int(state["actor.mu.weight"].shape[0])
+    except Exception as exc:  # a damaged or foreign zip
+        raise CheckpointError(f"{zip_path} is not a readable SB3 SAC zip ({type(exc).__name__})") from None
+    return (spaces.Box(-np.inf, np.inf, (n_obs,), np.float32), spaces.Box(-1.0, 1.0, (n_act,), np.float32))

@@ -115,15 +115,17 @@ def load_scheduler(path: str | Path, env_config: EnvConfig | None = None) -> tup
         >>> # model, vecnorm, cfg = load_scheduler("data/schedulers/smart16")
         >>> # obs = vecnorm.normalize_obs(raw_obs); action, _ = model.predict(obs, deterministic=True)
     """
-    from stable_baselines3 import SAC
-    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from fggm.mimo.safe_load import load_sac, load_vecnormalize
 
     d = Path(path)
+    if not d.is_dir():
+        raise ConfigError(f"scheduler checkpoint folder not found: {d}")
     for name in (MODEL_FILE, NORM_FILE, MANIFEST_FILE):
         if not (d / name).is_file():
             raise ConfigError(f"{d} is not a scheduler checkpoint: missing {name}")
-    manifest = json.loads((d / MANIFEST_FILE).read_text())
-    ckpt_cfg = env_config_from_dict(manifest["config"]["env"])
+    ckpt_cfg = _manifest_env(d)
     if env_config is not None:
         for key in ("num_antennas", "num_users", "max_scheduled"):
             if getattr(env_config, key) != getattr(ckpt_cfg, key):
@@ -132,9 +134,11 @@ def load_scheduler(path: str | Path, env_config: EnvConfig | None = None) -> tup
                     f"{key}={getattr(env_config, key)}"
                 )
     cfg = env_config or ckpt_cfg
-    model = SAC.load(d / MODEL_FILE, device="cpu")
+    env = MuMimoEnv(cfg)
+    # neither file is unpickled with the standard unpickler: see fggm.mimo.safe_load
+    model = load_sac(d / MODEL_FILE, env.observation_space, env.action_space)
     check_sizes(cfg, int(model.observation_space.shape[0]), what=f"checkpoint {d}")
-    vecnorm = VecNormalize.load(str(d / NORM_FILE), DummyVecEnv([lambda: MuMimoEnv(cfg)]))
+    vecnorm = load_vecnormalize(d / NORM_FILE, DummyVecEnv([lambda: MuMimoEnv(cfg)]))
     if vecnorm.obs_rms.mean.shape != (cfg.obs_dim,):
         raise ConfigError(f"normaliser in {d} has size {vecnorm.obs_rms.mean.shape[0]}, environment needs {cfg.obs_dim}")
     vecnorm.training = False
@@ -317,4 +321,12 @@ def load_config_for_dir(path: str | Path) -> EnvConfig:
     d = Path(path)
     if not (d / MANIFEST_FILE).is_file():
         raise ConfigError(f"{d} is not a scheduler checkpoint: missing {MANIFEST_FILE}")
-    return env_config_from_dict(json.loads((d / MANIFEST_FILE).read_text())["config"]["env"])
+    return _manifest_env(d)
+
+
+def _manifest_env(d: Path) -> EnvConfig:
+    """The env config in ``d``'s manifest; an unreadable manifest is one :class:`ConfigError`."""
+    try:
+        return env_config_from_dict(json.loads((d / MANIFEST_FILE).read_text())["config"]["env"])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{d / MANIFEST_FILE} is not a scheduler manifest ({type(exc).__name__})") from None

@@ -162,7 +162,6 @@ def _safe_name(text: str) -> str:
 
 
 def _write(chosen: list[tuple[dict, int, str]], jobs: list[dict[str, Any]], folder: Path, judge_id: str) -> int:
-    (folder / "images").mkdir(parents=True, exist_ok=True)
     seen: dict[str, int] = {}
     with open(folder / "concepts.jsonl", "w", encoding="utf-8") as fh:
         for job, label, cat in chosen:
@@ -173,6 +172,7 @@ def _write(chosen: list[tuple[dict, int, str]], jobs: list[dict[str, Any]], fold
             paths = []
             for k, image in enumerate(row.load_images()):
                 rel = f"images/{rid}-{k}.png"
+                (folder / "images").mkdir(exist_ok=True)
                 image.save(folder / rel, format="PNG")
                 paths.append(rel)
             record = {"id": rid, "image": paths[0] if len(paths) == 1 else (paths or None), "prompt": row.question,
