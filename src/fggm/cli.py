@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from fggm._console import print_table
 from fggm.mimo.config import ConfigError, EnvConfig, FggmConfig
 
 app = typer.Typer(
@@ -30,6 +31,9 @@ app = typer.Typer(
 console = Console()
 
 USER_ERRORS = (ConfigError, ValueError, OSError, KeyError)  # OSError: unreadable or unwritable files
+#: default evaluation seed: away from the small seeds training configs use (the shipped smart16
+#: trained on 0..3), so the default evaluation is on unseen channels
+DEFAULT_EVAL_SEED = 101
 
 
 def fail(message: str) -> None:
@@ -90,8 +94,15 @@ def train(
     steps: Optional[int] = typer.Option(None, "--steps", help="Environment steps (overrides train.total_steps)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed (overrides train.seed)."),
     no_eval: bool = typer.Option(False, "--no-eval", help="Skip the final evaluation against the baselines."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (overrides train.torch_threads)."),
 ) -> None:
-    """Train the SAC scheduler (SB3 SAC inside VecNormalize) and write a loadable checkpoint."""
+    """Train the SAC scheduler (SB3 SAC inside VecNormalize) and write a loadable checkpoint.
+
+    The config's env.action_head picks SMART's scalar subset action (subset) or one score per user
+    from a shared per-user network (scores, optionally warm-started by behaviour cloning).
+    """
+    from dataclasses import replace
+
     from fggm.mimo.train import train as run_train
 
     try:
@@ -99,6 +110,10 @@ def train(
         if steps is not None and steps < 1:
             raise ConfigError("--steps must be >= 1")
         check_out(out)
+        if threads is not None:
+            if threads < 1:
+                raise ConfigError("--threads must be >= 1")
+            cfg = replace(cfg, train=replace(cfg.train, torch_threads=threads))
         manifest = run_train(cfg, out, steps=steps, seed=seed, progress=True, final_eval=not no_eval)
     except USER_ERRORS as exc:
         fail(_error_text(exc))
@@ -107,28 +122,34 @@ def train(
     if "final_evaluation" in manifest:
         res = manifest["final_evaluation"]["results"]
         rows = [{"scheduler": k, **v} for k, v in res.items() if isinstance(v, dict)]
-        console.print(results_table(rows, title=f"final evaluation ({manifest['final_evaluation']['ttis']} TTIs, unseen channels)"))
+        print_table(results_table(rows, title=f"final evaluation ({manifest['final_evaluation']['ttis']} TTIs, unseen channels)"), console)
 
 
 def results_table(rows: list[dict[str, Any]], title: str = "evaluation") -> Table:
-    """Rich table of evaluation rows (reward, its two parts, sum SE, Jain, share of the optimum).
+    """Rich table of evaluation rows (reward, sum SE, Jain, share of the optimum, and, where rows
+    carry it, the largest relative deviation of a user's scheduled share from the mean share).
 
     Example:
         >>> results_table([{"scheduler": "pf", "mean_reward": 2.0, "sum_se": 30.0, "jain": 0.9}]).row_count
         1
     """
     table = Table(title=title)
-    for col in ("scheduler", "mean reward", "vs exhaustive", "sum SE [b/s/Hz]", "Jain", "min user SE"):
-        # escape: rich would read "[b/s/Hz]" as a markup tag and drop it
+    cols = ["scheduler", "mean reward", "vs exhaustive", "sum SE [b/s/Hz]", "Jain", "min user SE"]
+    shares = any("share_max_rel_dev" in r for r in rows)
+    if shares:
+        cols.append("share dev")
+    for col in cols:  # escape: rich would read "[b/s/Hz]" as a markup tag and drop it
         table.add_column(escape(col), justify="left" if col == "scheduler" else "right")
     best = next((r["mean_reward"] for r in rows if r["scheduler"] == "exhaustive"), None)
     for r in rows:
         ratio = f"{100 * r['mean_reward'] / best:.1f}%" if best else "-"
         per_user = r.get("per_user_throughput")
-        table.add_row(
-            str(r["scheduler"]), f"{r['mean_reward']:.4f}", ratio, f"{r['sum_se']:.2f}", f"{r['jain']:.3f}",
-            f"{min(per_user):.3f}" if per_user else "-",
-        )
+        cells = [str(r["scheduler"]), f"{r['mean_reward']:.4f}", ratio, f"{r['sum_se']:.2f}", f"{r['jain']:.3f}",
+                 f"{min(per_user):.3f}" if per_user else "-"]
+        if shares:
+            dev = r.get("share_max_rel_dev")
+            cells.append("-" if dev is None else f"{100 * dev:.0f}%")
+        table.add_row(*cells)
     return table
 
 
@@ -169,38 +190,76 @@ def evaluate(
         [], "--scheduler", help="Checkpoint directory or one of random, round-robin, greedy, pf, exhaustive (repeatable)."
     ),
     ttis: int = typer.Option(2000, "--ttis", help="TTIs per scheduler (episodes restart every episode_length)."),
-    seed: int = typer.Option(0, "--seed", help="Channel seed (every scheduler sees the same channels)."),
+    seed: int = typer.Option(DEFAULT_EVAL_SEED, "--seed",
+                             help="Channel seed (every scheduler sees the same channels); must not be one a checkpoint "
+                                  "trained or was selected on (its manifest's train_seeds / validation_seeds)."),
     out: Path = typer.Option(Path("runs/fggm-eval"), "--out", help="Output directory (results.json, evaluation.png)."),
     config: Optional[Path] = typer.Option(None, "--config", help="Config whose 'env' section sets the environment."),
     attack: Optional[Path] = typer.Option(
         None, "--attack", help="attack.json from `fggm attack`: evaluate it (seeds SEED..SEED+2) vs no attack and random CSI."
     ),
     oracle: bool = typer.Option(False, "--oracle", help="With --attack: add the white-box oracle PGD upper bound."),
+    channel: Optional[str] = typer.Option(
+        None, "--channel", help="Evaluate on another channel model (rayleigh, correlated, one-ring) than the config's "
+                                "or checkpoint's, without retraining."),
+    allow_seen_seeds: bool = typer.Option(
+        False, "--allow-seen-seeds", help="Evaluate even on a seed a checkpoint trained on (warns; rows marked seen_seeds)."),
+    threads: int = typer.Option(1, "--threads", help="torch CPU threads."),
 ) -> None:
-    """Evaluate schedulers on identical unseen channels: reward, sum SE, Jain, per-user throughput."""
+    """Evaluate schedulers on identical unseen channels: reward, sum SE, Jain, per-user throughput and
+    scheduled share (with the fairness check across user indices)."""
+    import torch
+
     from fggm.mimo.evaluate import evaluate_schedulers, write_results
     from fggm.plots import plot_evaluation
 
+    if threads < 1:
+        fail("--threads must be >= 1")
+    torch.set_num_threads(threads)
     if attack is not None:
-        _evaluate_attack(attack, scheduler, ttis, seed, out, oracle)
+        if channel is not None or config is not None:
+            fail("--channel and --config do not apply to --attack (the attack file fixes the environment)")
+        _evaluate_attack(attack, scheduler, ttis, seed, out, oracle, allow_seen_seeds)
         return
     try:
         if ttis < 1:
             raise ConfigError("--ttis must be >= 1")
         env_cfg = FggmConfig.from_file(config).env if config is not None else None
         check_out(out)
+        seen = _check_seeds([n for n in scheduler if Path(n).is_dir()], [seed], allow_seen_seeds)
+        if channel is not None:
+            from dataclasses import replace
+
+            from fggm.mimo.config import ChannelConfig
+            from fggm.mimo.train import load_config_for_dir
+
+            dirs = [n for n in scheduler if Path(n).is_dir()]
+            base = env_cfg or (load_config_for_dir(dirs[0]) if dirs else EnvConfig())
+            if channel == "umi":
+                raise ConfigError("--channel umi needs a trace file: use --config with env.channel.trace_file")
+            env_cfg = replace(base, channel=ChannelConfig(**{**FggmConfig(env=base).to_dict()["env"]["channel"], "model": channel}))
         scheds, env_cfg = resolve_schedulers(list(scheduler), env_cfg, seed)
         rows = evaluate_schedulers(env_cfg, scheds, ttis, seed, progress=True)
     except USER_ERRORS as exc:
         fail(_error_text(exc))
         return
+    for r in rows:
+        r["seen_seeds"] = seen
     path = write_results(rows, out, extra={"env": json.loads(json.dumps(FggmConfig(env=env_cfg).to_dict()["env"]))})
     png = plot_evaluation(rows, Path(out) / "evaluation.png")
-    console.print(results_table(rows, title=f"{ttis} TTIs, seed {seed}"))
+    print_table(results_table(rows, title=f"{ttis} TTIs, seed {seed}"), console)
     console.print(f"wrote {path} and {png}")
 
 
 # ----------------------------------------------------------------- FGGM attack (logic in fggm.attack*)
+
+
+def _attack_scheduler(attack: Path) -> str:
+    """The scheduler an attack file names ('' when the file is missing or names none)."""
+    try:
+        return str(json.loads(Path(attack).read_text()).get("scheduler") or "")
+    except (OSError, ValueError, AttributeError):
+        return ""
 
 
 def _users(text: str, what: str) -> tuple[int, ...]:
@@ -217,7 +276,28 @@ def _floats(text: str, what: str) -> tuple[float, ...]:
         raise ConfigError(f"{what} must be comma-separated numbers, got {text!r}") from None
 
 
-def _evaluate_attack(attack: Path, scheduler: list[str], ttis: int, seed: int, out: Path, oracle: bool) -> None:
+def _check_seeds(checkpoints: list[str], seeds: list[int], allow: bool) -> bool:
+    """Refuse (ConfigError) evaluation seeds a checkpoint trained or was selected on, unless ``allow``
+    (then warn on stderr). Returns whether any seed was seen."""
+    from fggm.mimo.train import MANIFEST_FILE, check_unseen
+
+    seen = False
+    for ckpt in checkpoints:
+        if not (Path(ckpt) / MANIFEST_FILE).is_file():
+            continue  # not a checkpoint: resolve_schedulers / the attack loader give the error
+        overlap = check_unseen(ckpt, seeds)
+        if not overlap:
+            continue
+        seen = True
+        what = f"seed(s) {overlap} were used to train or select {ckpt}: its channels are not unseen"
+        if not allow:
+            raise ConfigError(f"{what}; pick another --seed (or pass --allow-seen-seeds)")
+        typer.echo(f"warning: {what}", err=True)
+    return seen
+
+
+def _evaluate_attack(attack: Path, scheduler: list[str], ttis: int, seed: int, out: Path, oracle: bool,
+                     allow_seen_seeds: bool = False) -> None:
     from fggm.mimo.attack_eval import attack_table, evaluate_attack_file
 
     try:
@@ -226,12 +306,14 @@ def _evaluate_attack(attack: Path, scheduler: list[str], ttis: int, seed: int, o
         if len(scheduler) > 1:
             raise ConfigError("--attack takes at most one --scheduler (the attacked checkpoint)")
         check_out(out)
+        _check_seeds([scheduler[0] if scheduler else _attack_scheduler(attack)], [seed, seed + 1, seed + 2],
+                     allow_seen_seeds)
         result = evaluate_attack_file(attack, scheduler[0] if scheduler else None, ttis=ttis,
                                       seeds=(seed, seed + 1, seed + 2), oracle=oracle, out_dir=out, progress=True)
     except USER_ERRORS as exc:
         fail(_error_text(exc))
         return
-    console.print(attack_table(result["rows"], title=f"{attack.name}: {ttis} TTIs x 3 seeds"))
+    print_table(attack_table(result["rows"], title=f"{attack.name}: {ttis} TTIs x 3 seeds"), console)
     console.print(f"wrote {Path(out) / 'results.json'}")
 
 
@@ -274,8 +356,8 @@ def demo(
     except USER_ERRORS as exc:
         fail(_error_text(exc))
         return
-    console.print(attack_table(result["rows"], title=f"FGGM demo ({forgery}): attackers {list(tm.attackers)}, victims "
-                                                     f"{list(tm.victims)}, k={k:g} ({ttis} TTIs x {seeds} seeds)"))
+    print_table(attack_table(result["rows"], title=f"FGGM demo ({forgery}): attackers {list(tm.attackers)}, victims "
+                                                   f"{list(tm.victims)}, k={k:g} ({ttis} TTIs x {seeds} seeds)"), console)
     console.print(f"wrote {Path(out) / 'results.json'} and {', '.join(result.get('pngs', []))} "
                   f"in {result['wall_s']} s (one victim; `fggm sweep --victims all` gives the mean over all)")
     if knapsack:

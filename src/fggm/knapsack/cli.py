@@ -17,9 +17,11 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
+from fggm._console import print_table
+
 app = typer.Typer(name="knapsack", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="FGGM on a DRL knapsack solver: train the SAC solver, evaluate it, craft forged item reports.")
-console = Console(width=max(Console().width, 120))  # the attack table needs ~115 columns
+console = Console()  # tables go through print_table: whole when piped, wrapped in a terminal
 
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
 
@@ -118,7 +120,7 @@ def evaluate(
                 raise ValueError("--attack takes at most one --solver (the attacked checkpoint)")
             result = evaluate_attack_file(attack, solver[0] if solver else None, instances=instances, seeds=(seed,),
                                           out_dir=out)
-            console.print(attack_table(result["rows"], title=f"{attack.name}: {instances} instances, seed {seed}"))
+            print_table(attack_table(result["rows"], title=f"{attack.name}: {instances} instances, seed {seed}"), console)
             console.print(f"wrote {out / 'results.json'} and {', '.join(result['pngs'])}")
             return
         names = list(solver) or [str(default_solver()), *BASELINES]
@@ -144,7 +146,7 @@ def evaluate(
         return
     path = write_results(rows, out, extra={"env": {k: getattr(env_cfg, k) for k in env_cfg.__dataclass_fields__}})
     png = plot_solvers(rows, Path(out) / "evaluation.png")
-    console.print(solver_table(rows, title=f"{instances} instances, seed {seed}"))
+    print_table(solver_table(rows, title=f"{instances} instances, seed {seed}"), console)
     console.print(f"wrote {path} and {png}")
 
 
@@ -218,7 +220,7 @@ def demo_part(out: Path, *, solver: Path | None = None, instances: int = 2000, s
     victim = KnapsackVictim.load(solver or default_solver())
     tm = KnapsackThreat(attackers=(0, 1), victims=(2,), k=3.0, steps=steps, restarts=4)
     result = run_demo(victim, tm, instances=instances, seeds=(101,), out_dir=out, progress=progress)
-    console.print(attack_table(result["rows"], title=f"FGGM knapsack demo: attackers [0, 1], victim [2], k=3 "
-                                                     f"({instances} unseen instances)"))
+    print_table(attack_table(result["rows"], title=f"FGGM knapsack demo: attackers [0, 1], victim [2], k=3 "
+                                                     f"({instances} unseen instances)"), console)
     console.print(f"wrote {out / 'results.json'} and {', '.join(result['pngs'])} in {result['wall_s']} s")
     return result

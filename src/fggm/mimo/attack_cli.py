@@ -218,7 +218,10 @@ def sweep(
     except cli.USER_ERRORS as exc:
         cli.fail(cli._error_text(exc))
         return
-    cli.console.print(summary_table(result["summary"], title=f"victim throughput drop, mean over victim sets ({victim.head} head)"))
+    from fggm._console import print_table
+
+    print_table(summary_table(result["summary"], title=f"victim throughput drop, mean over victim sets ({victim.head} head)"),
+                cli.console)
     if result["margins"]:
-        cli.console.print(margins_table(result["margins"]))
+        print_table(margins_table(result["margins"]), cli.console)
     cli.console.print(f"wrote {Path(out) / 'results.json'} and {', '.join(result.get('pngs', []))}")

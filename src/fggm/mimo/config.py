@@ -19,6 +19,9 @@ from typing import Any
 import yaml
 
 CHANNEL_MODELS = ("rayleigh", "correlated", "one-ring", "umi")
+ACTION_HEADS = ("subset", "scores")
+SCORE_RULES = ("top_s", "threshold")
+NORMALISERS = ("all", "top_s")
 
 
 class ConfigError(ValueError):
@@ -79,6 +82,14 @@ class ChannelConfig:
 class EnvConfig:
     """MU-MIMO uplink scheduling environment: M antennas, K users, at most S scheduled per TTI.
 
+    Attributes:
+        action_head: ``subset`` (SMART's scalar action over the N subsets) or ``scores`` (one score
+            per user, top-S readout; see :mod:`fggm.mimo.heads`).
+        score_rule: set-size rule of the scores head: ``top_s`` (always S users) or ``threshold``
+            (the top-S users scored above ``score_threshold``, at least one).
+        normaliser: the reward's SE normaliser: ``all`` (sum of all K single-user SEs, this
+            project's original choice) or ``top_s`` (sum of the S largest, as SMART's code).
+
     Example:
         >>> EnvConfig().obs_dim, EnvConfig().num_subsets
         (544, 2516)
@@ -91,6 +102,10 @@ class EnvConfig:
     reward_a: float = 5.0
     reward_b: float = 1.0
     channel: ChannelConfig = field(default_factory=ChannelConfig)
+    action_head: str = "subset"
+    score_rule: str = "top_s"
+    score_threshold: float = 0.0
+    normaliser: str = "all"
 
     def __post_init__(self) -> None:
         if isinstance(self.channel, dict):
@@ -101,6 +116,11 @@ class EnvConfig:
         _check(M >= S, f"num_antennas M={M} is smaller than max_scheduled S={S}: zero-forcing needs M >= S")
         _check(self.episode_length >= 1, "episode_length must be >= 1")
         _check(self.reward_a >= 0 and self.reward_b >= 0, "reward weights a and b must be non-negative")
+        _check(self.action_head in ACTION_HEADS, f"unknown action_head {self.action_head!r}; choose one of {', '.join(ACTION_HEADS)}")
+        _check(self.score_rule in SCORE_RULES, f"unknown score_rule {self.score_rule!r}; choose one of {', '.join(SCORE_RULES)}")
+        _check(isinstance(self.score_threshold, (int, float)) and -1.0 < float(self.score_threshold) < 1.0,
+               f"score_threshold must be a number in (-1, 1) (scores are tanh-squashed), got {self.score_threshold!r}")
+        _check(self.normaliser in NORMALISERS, f"unknown normaliser {self.normaliser!r}; choose one of {', '.join(NORMALISERS)}")
 
     @property
     def obs_dim(self) -> int:
@@ -118,6 +138,16 @@ class EnvConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     """Stable-Baselines3 SAC settings (``VecNormalize`` wraps the environment).
+
+    Beyond SB3's own (``learning_rate``, ``gamma``, ``ent_coef`` ...):
+        net_arch: hidden widths (for the scores head: of the shared per-user layers).
+        val_ttis: validation TTIs per check (default ``min(eval_ttis, episode_length)``).
+        bc_states, bc_epochs, bc_dagger_rounds, bc_teacher_w, bc_lr, bc_epsilon, bc_seed, bc_envs:
+            the scores head's behaviour-cloning warm start from the marginal-reward rule
+            (:func:`fggm.mimo.bc.behaviour_clone`; ``bc_states = 0``: none).
+        log_std_init: the actor's log-std after cloning (initial exploration).
+        critic_warmup_steps: SAC steps after ``learning_starts`` with the actor frozen.
+        freeze_normaliser: keep the observation statistics fixed at the teacher's during SAC.
 
     Example:
         >>> TrainConfig(total_steps=500).net_arch
@@ -144,6 +174,19 @@ class TrainConfig:
     log_interval: int = 1_000
     torch_threads: int = 1
     max_wall_s: float | None = None
+    ent_coef: str | float = "auto"
+    val_ttis: int | None = None
+    bc_states: int = 0
+    bc_epochs: int = 15
+    bc_dagger_rounds: int = 0
+    bc_teacher_w: float = 120.0
+    bc_lr: float = 1e-3
+    bc_epsilon: float = 0.1
+    bc_seed: int = 4000
+    bc_envs: int = 16
+    log_std_init: float = -1.0
+    critic_warmup_steps: int = 0
+    freeze_normaliser: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "net_arch", tuple(int(x) for x in self.net_arch))
@@ -157,6 +200,31 @@ class TrainConfig:
         _check(self.eval_ttis >= 1 and self.log_interval >= 1, "eval_ttis and log_interval must be >= 1")
         _check(self.clip_obs > 0, "clip_obs must be positive")
         _check(self.max_wall_s is None or self.max_wall_s > 0, "max_wall_s must be positive (or null for no limit)")
+        ent = self.ent_coef
+        _check((isinstance(ent, (int, float)) and not isinstance(ent, bool) and ent > 0)
+               or (isinstance(ent, str) and (ent == "auto" or (ent.startswith("auto_") and _is_positive(ent[5:])))),
+               f"ent_coef must be a positive number, 'auto' or 'auto_<initial value>', got {ent!r}")
+        _check(self.val_ttis is None or self.val_ttis >= 1, "val_ttis must be >= 1 (or null: min(eval_ttis, episode_length))")
+        _check(self.bc_states >= 0 and self.bc_epochs >= 1 and self.bc_dagger_rounds >= 0,
+               "bc_states and bc_dagger_rounds must be >= 0 and bc_epochs >= 1")
+        _check(self.bc_teacher_w >= 0 and self.bc_lr > 0 and 0.0 <= self.bc_epsilon <= 1.0 and self.bc_envs >= 1,
+               "bc_teacher_w must be >= 0, bc_lr > 0, bc_epsilon in [0, 1] and bc_envs >= 1")
+        _check(-20.0 <= self.log_std_init <= 2.0, "log_std_init must be in [-20, 2] (SB3's clamp)")
+        _check(self.critic_warmup_steps >= 0, "critic_warmup_steps must be >= 0")
+
+    def train_seeds(self) -> list[int]:
+        """Every channel seed training draws episodes from: the SAC environments' ``seed .. seed +
+        n_envs - 1`` and, with a BC warm start, the rollout seeds ``bc_seed ..`` (one block of
+        ``bc_envs`` per round). Evaluation seeds must avoid them.
+
+        Example:
+            >>> TrainConfig(seed=3, n_envs=2).train_seeds()
+            [3, 4]
+        """
+        seeds = list(range(self.seed, self.seed + self.n_envs))
+        if self.bc_states > 0:
+            seeds += list(range(self.bc_seed, self.bc_seed + self.bc_envs * (1 + self.bc_dagger_rounds)))
+        return sorted(set(seeds))
 
 
 @dataclass(frozen=True)
@@ -171,6 +239,14 @@ class FggmConfig:
 
     env: EnvConfig = field(default_factory=EnvConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.train.bc_states == 0 or self.env.action_head == "scores",
+               "train.bc_states > 0 (a behaviour-cloning warm start) needs env.action_head: scores")
+        _check(self.train.critic_warmup_steps == 0 or self.env.action_head == "scores",
+               "train.critic_warmup_steps needs env.action_head: scores (it follows the BC warm start)")
+        _check(not self.train.freeze_normaliser or self.train.bc_states > 0,
+               "train.freeze_normaliser needs a BC warm start (train.bc_states > 0): the statistics are frozen at the teacher's")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FggmConfig":
@@ -236,6 +312,13 @@ def _check_type(annotation: Any, value: Any, where: str) -> None:
         _check(isinstance(value, bool), f"{where} must be true or false, got {value!r}")
     elif kind == "str":
         _check(isinstance(value, str), f"{where} must be a string, got {value!r}")
+
+
+def _is_positive(text: str) -> bool:
+    try:
+        return float(text) > 0
+    except ValueError:
+        return False
 
 
 def _jsonable(x: Any) -> Any:

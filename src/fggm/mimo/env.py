@@ -18,10 +18,13 @@ So user k's entries are ``k``, ``K + k``, ``2K + k*M : 2K + (k+1)*M`` and
 :meth:`MuMimoEnv.report_override` controls its own channel entries AND, deterministically, its own
 single-user SE entry; its cumulative-SE entry stays physical. Use :func:`observation_indices`.
 
-Action: ``Box([-1], [1])``; the nearest subset index on an even grid (``SubsetCodec``).
-Reward: ``a * sum_k SE_k / sum_k SU_k + b * Jain(cumulative SE including this TTI)`` where
-``SE_k`` is the physical ZF rate (receiver from reported CSI, signal through true channels) and
-``SU_k`` the true single-user SE of every one of the K users (a per-TTI normaliser).
+Action (``config.action_head``, see :mod:`fggm.mimo.heads`): ``subset`` is ``Box([-1], [1])``,
+the nearest subset index on an even grid (``SubsetCodec``); ``scores`` is ``Box(-1, 1, (K,))``, one
+score per user, read out as the top-S users (set-size rule ``score_rule``).
+Reward: ``a * sum_k SE_k / norm + b * Jain(cumulative SE including this TTI)`` where ``SE_k`` is
+the physical ZF rate (receiver from reported CSI, signal through true channels) and ``norm`` the
+sum of the true single-user SEs of all K users (``normaliser: all``) or of the S largest
+(``normaliser: top_s``, as SMART's code), a per-TTI normaliser.
 Episodes are truncated after ``episode_length`` TTIs.
 
 Example:
@@ -43,6 +46,7 @@ import numpy as np
 
 from fggm.mimo.channels import ChannelGenerator
 from fggm.mimo.config import ConfigError, EnvConfig, env_config_from_dict
+from fggm.mimo.heads import ActionHead
 from fggm.mimo.physics import SubsetCodec, all_subsets_se, jain, scheduled_se, single_user_se
 
 __all__ = ["MuMimoEnv", "SubsetCodec", "observation_indices", "index_to_subset", "subset_to_index", "action_to_index", "index_to_action"]
@@ -141,7 +145,8 @@ class MuMimoEnv(gym.Env):
         self.codec = _codec(self.K, self.S)
         self.generator = ChannelGenerator(config.channel, self.M, self.K)
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(config.obs_dim,), dtype=np.float32)
-        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
+        self.head = ActionHead.from_config(config)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(self.head.action_dim,), dtype=np.float32)
         self._overrides: dict[int, np.ndarray] = {}
         self.t = 0
         self.cumulative_se = np.zeros(self.K)
@@ -238,17 +243,44 @@ class MuMimoEnv(gym.Env):
             6.0
         """
         a, b = self.config.reward_a, self.config.reward_b
-        norm = max(float(np.sum(su_se)), 1e-12)
-        return a * np.sum(se, axis=-1) / norm + b * jain(cumulative + se)
+        return a * np.sum(se, axis=-1) / self.se_normaliser(su_se) + b * jain(cumulative + se)
+
+    def se_normaliser(self, su_se: np.ndarray) -> float:
+        """The reward's SE normaliser for single-user SEs ``su_se`` ([K]): their sum (``all``) or the
+        sum of the S largest (``top_s``); never below 1e-12.
+
+        Example:
+            >>> env = MuMimoEnv({"num_antennas": 2, "num_users": 3, "max_scheduled": 2, "normaliser": "top_s"})
+            >>> env.se_normaliser(np.array([1.0, 3.0, 2.0]))
+            5.0
+        """
+        su = np.asarray(su_se, dtype=float).reshape(-1)
+        if self.config.normaliser == "top_s":
+            su = np.sort(su)[-self.S:]
+        return max(float(su.sum()), 1e-12)
 
     def _require_reset(self) -> None:
         if self.H_true is None:
             raise RuntimeError("call reset() before stepping the environment")
 
     # ----------------------------------------------------------------- stepping
+    def action_to_index(self, action: np.ndarray) -> int:
+        """Subset index ``action`` selects this TTI under the configured head (scores ties are
+        broken by the reported single-user SE).
+
+        Example:
+            >>> env = MuMimoEnv({"num_antennas": 4, "num_users": 4, "max_scheduled": 2, "action_head": "scores"})
+            >>> _ = env.reset(seed=0)
+            >>> env.codec.index_to_subset(env.action_to_index(np.array([0.5, -0.5, 0.9, 0.0])))
+            (0, 2)
+        """
+        self._require_reset()
+        return self.head.to_index(action, self.codec, tiebreak=self.su_rep[min(self.t, self.T - 1)])
+
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        """Schedule the subset nearest to ``action`` (a [1]-shaped array in [-1, 1])."""
-        return self.step_index(self.codec.action_to_index(action))
+        """Schedule the users ``action`` selects (``subset``: a [1]-shaped value in [-1, 1];
+        ``scores``: K scores in [-1, 1])."""
+        return self.step_index(self.action_to_index(action))
 
     def step_index(self, index: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Schedule subset ``index`` directly (what the classical schedulers do)."""
@@ -260,7 +292,7 @@ class MuMimoEnv(gym.Env):
         se, predicted = scheduled_se(self.H_true[t], self.H_rep[t], subset)  # type: ignore[index]
         su_true = self.su_true[t]
         a, b = self.config.reward_a, self.config.reward_b
-        r_se = a * float(se.sum()) / max(float(su_true.sum()), 1e-12)
+        r_se = a * float(se.sum()) / self.se_normaliser(su_true)
         self.cumulative_se = self.cumulative_se + se
         r_jain = b * float(jain(self.cumulative_se))
         info = {

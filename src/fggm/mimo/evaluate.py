@@ -39,8 +39,10 @@ def run_scheduler(
     """Run one scheduler for ``ttis`` TTIs (episodes restart every ``episode_length``); one result row.
 
     Row keys: ``scheduler, mean_reward, mean_reward_se, mean_reward_jain, sum_se, jain,
-    per_user_throughput`` (mean SE per TTI of each user, bit/s/Hz), ``scheduled_rate`` (fraction
-    of TTIs each user was scheduled), ``mean_subset_size``, ``episode_user_throughput``
+    per_user_throughput`` (mean SE per TTI of each user, bit/s/Hz), ``scheduled_share`` (fraction
+    of TTIs each user was scheduled; ``scheduled_rate`` is the same list under its older name), the
+    index-fairness check of :func:`share_check` (``share_max_rel_dev, share_worst_user,
+    share_within_tolerance, share_index_corr``), ``mean_subset_size``, ``episode_user_throughput``
     (per episode and user), ``ttis, seed, forged_users``.
 
     Example:
@@ -84,6 +86,7 @@ def run_scheduler(
                 obs, _ = env.reset()
                 scheduler.reset(env)
     per_user = total / ttis
+    share = counts / ttis
     return {
         "scheduler": scheduler.name,
         "mean_reward": float(rewards.mean()),
@@ -92,13 +95,45 @@ def run_scheduler(
         "sum_se": float(sum_se.mean()),
         "jain": float(jain(per_user)),
         "per_user_throughput": per_user.tolist(),
-        "scheduled_rate": (counts / ttis).tolist(),
+        "scheduled_rate": share.tolist(),
+        "scheduled_share": share.tolist(),
+        **share_check(share),
         "mean_subset_size": float(sizes.mean()),
         "episode_user_throughput": [e.tolist() for e in episodes],
         "ttis": int(ttis),
         "seed": int(seed),
         "forged_users": sorted(int(u) for u in (forged or {})),
     }
+
+
+SHARE_TOLERANCE = 0.25
+
+
+def share_check(share: np.ndarray, tolerance: float = SHARE_TOLERANCE) -> dict[str, Any]:
+    """Fairness across user indices: how far each user's scheduled share is from the mean share.
+
+    ``share_max_rel_dev`` = max_k |share_k / mean(share) - 1|, ``share_worst_user`` its user,
+    ``share_within_tolerance`` whether it is <= ``tolerance`` (0.25: every share within +-25 % of the
+    mean), ``share_index_corr`` the Spearman rank correlation of share with the user index (near 0
+    without an index trend; users' SNRs are drawn independently of their index every episode).
+
+    Example:
+        >>> c = share_check(np.array([0.25, 0.25, 0.2, 0.3]))
+        >>> round(c["share_max_rel_dev"], 3), c["share_worst_user"], c["share_within_tolerance"]
+        (0.2, 2, True)
+    """
+    s = np.asarray(share, dtype=float).reshape(-1)
+    mean = float(s.mean())
+    dev = np.abs(s / mean - 1.0) if mean > 0 else np.zeros_like(s)
+    worst = int(np.argmax(dev))
+    if s.size > 1 and np.ptp(s) > 0:
+        ranks = np.argsort(np.argsort(s, kind="stable"), kind="stable").astype(float)
+        idx = np.arange(s.size, dtype=float)
+        corr = float(np.corrcoef(ranks, idx)[0, 1])
+    else:
+        corr = 0.0
+    return {"share_max_rel_dev": float(dev[worst]), "share_worst_user": worst,
+            "share_within_tolerance": bool(dev[worst] <= tolerance), "share_index_corr": corr}
 
 
 def evaluate_schedulers(

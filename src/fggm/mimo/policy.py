@@ -9,6 +9,10 @@ the action space, the identity for ``Box(-1, 1)``) is exactly what
 ``model.predict(vecnormalize.normalize_obs(obs), deterministic=True)`` returns.  Because tanh
 is monotone, certified bounds of the view's output are certified bounds of the action.
 Every layer is supported by :mod:`fggm.bounds`.
+
+For a ``scores``-head scheduler (:class:`fggm.ScoresPolicy`) the view is
+:func:`extract_scores_policy` (K outputs, one pre-tanh score per user; see
+:mod:`fggm.mimo.scores_view`); :func:`load_attacker_view` picks the right one.
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ import torch
 from torch import nn
 
 from fggm.core.bounds import Affine
+from fggm.mimo.scores_view import extract_scores_policy, is_scores_model
 
-__all__ = ["extract_policy", "load_attacker_view", "load_vecnormalize", "view_to_action", "find_checkpoint"]
+__all__ = ["extract_policy", "extract_scores_policy", "load_attacker_view", "load_vecnormalize", "view_to_action",
+           "find_checkpoint"]
 
 
 def _copy_module(m: nn.Module) -> nn.Module:
@@ -54,6 +60,9 @@ def extract_policy(sac_model: Any, vecnormalize: Any) -> nn.Sequential:
         >>> view = extract_policy(model, vecnorm)             # doctest: +SKIP
         >>> action = torch.tanh(view(torch.as_tensor(raw_obs)))  # doctest: +SKIP
     """
+    if is_scores_model(sac_model):
+        raise ValueError("this scheduler has the 'scores' action head (one score per user): its attacker's view is "
+                         "extract_scores_policy, and the FGGM attack does not handle it yet")
     actor = getattr(sac_model, "actor", None)
     if actor is None or not hasattr(actor, "latent_pi") or not hasattr(actor, "mu"):
         raise TypeError("expected a stable_baselines3 SAC model (with actor.latent_pi and actor.mu)")
@@ -127,7 +136,8 @@ def load_vecnormalize(path: str | Path) -> Any:
 
 
 def load_attacker_view(scheduler_dir: str | Path) -> nn.Sequential:
-    """Load a saved SAC scheduler (``*.zip`` + ``vecnormalize.pkl``) as the attacker's view.
+    """Load a saved SAC scheduler (``*.zip`` + ``vecnormalize.pkl``) as the attacker's view
+    (:func:`extract_policy` for the subset head, :func:`extract_scores_policy` for the scores head).
 
     Nothing is unpickled from the files (see :mod:`fggm.mimo.safe_load`); the SAC zip is loaded
     against the spaces of the environment in the folder's ``manifest.json`` or, without one, the
@@ -144,6 +154,8 @@ def load_attacker_view(scheduler_dir: str | Path) -> nn.Sequential:
     obs_space, act_space = _spaces(Path(scheduler_dir), zip_path)
     model = load_sac(zip_path, obs_space, act_space)
     vecnorm = load_vecnormalize(pkl_path) if pkl_path is not None else None
+    if is_scores_model(model):
+        return extract_scores_policy(model, vecnorm)
     return extract_policy(model, vecnorm)
 
 

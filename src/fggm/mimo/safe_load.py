@@ -159,12 +159,26 @@ def _zip_data(p: Path) -> dict[str, Any]:
     return data
 
 
+def _policy_class(data: dict[str, Any], p: Path, default: type) -> type:
+    """The policy class the zip names, from the plain-text module it records (never unpickled): SB3's
+    ``SACPolicy`` or the project's ``fggm.ScoresPolicy``; any other class is refused."""
+    entry = data.get("policy_class")
+    module = entry.get("__module__") if isinstance(entry, dict) else None
+    if module in (None, "stable_baselines3.sac.policies"):
+        return default
+    if module == "fggm.mimo.scores_policy":
+        from fggm.mimo.scores_policy import ScoresPolicy
+
+        return ScoresPolicy
+    raise CheckpointError(f"{p} names a policy class from {module!r}; only SB3's SACPolicy and fggm.ScoresPolicy load")
+
+
 def load_sac(path: str | Path, observation_space: Any, action_space: Any) -> Any:
     """``SAC.load`` without unpickling anything from the zip.
 
     Every cloudpickled value of the zip's ``data`` entry is replaced: the spaces by the given
     ones (those of the environment the checkpoint was trained for), the policy class by
-    ``SACPolicy``, the schedule by a constant one, the buffers by empty ones.  A zip with another
+    ``SACPolicy`` or ``fggm.ScoresPolicy`` (the one the zip names), the schedule by a constant one, the buffers by empty ones.  A zip with another
     pickled value, or whose weights do not fit, raises :class:`CheckpointError`.
 
     Example:
@@ -189,7 +203,8 @@ def load_sac(path: str | Path, observation_space: Any, action_space: Any) -> Any
     window = data.get("_stats_window_size", 100)
     window = int(window) if isinstance(window, int) and window > 0 else 100
     custom = {
-        "policy_class": SACPolicy, "observation_space": observation_space, "action_space": action_space,
+        "policy_class": _policy_class(data, p, SACPolicy), "observation_space": observation_space,
+        "action_space": action_space,
         "lr_schedule": lambda _progress: lr, "train_freq": TrainFreq(1, TrainFrequencyUnit.STEP),
         "replay_buffer_class": ReplayBuffer, "_last_obs": None, "_last_episode_starts": None,
         "_last_original_obs": None, "ep_info_buffer": deque(maxlen=window), "ep_success_buffer": deque(maxlen=window),

@@ -165,7 +165,8 @@ class ExhaustiveScheduler(Scheduler):
         table = env.predicted_se_table()  # [N, K]
         a, b = env.config.reward_a, env.config.reward_b
         su = env.su_rep[min(env.t, env.T - 1)]
-        rewards = a * table.sum(axis=1) / max(float(su.sum()), 1e-12) + b * jain(env.cumulative_se[None, :] + table)
+        norm = env.se_normaliser(su) if hasattr(env, "se_normaliser") else max(float(su.sum()), 1e-12)
+        rewards = a * table.sum(axis=1) / norm + b * jain(env.cumulative_se[None, :] + table)
         return int(np.argmax(rewards))
 
 
@@ -173,6 +174,8 @@ class PolicyScheduler(Scheduler):
     """A Stable-Baselines3 policy (deterministic action) behind the scheduler interface.
 
     ``vecnormalize`` (optional) is a ``VecNormalize`` whose observation statistics are applied first.
+    A one-dimensional action is read on the subset grid (SMART's head); a K-dimensional one as
+    per-user scores (the scores head, with the set-size rule stored in the policy).
 
     Example:
         >>> # sched = PolicyScheduler(model, vecnormalize, name="sac")
@@ -196,7 +199,19 @@ class PolicyScheduler(Scheduler):
         return np.asarray(act, dtype=np.float32).reshape(-1)
 
     def select(self, obs: np.ndarray, env: Any) -> int:
-        return env.codec.action_to_index(self.action(obs))
+        a = self.action(obs)
+        if a.shape[0] == 1:  # subset head: the scalar on the subset grid
+            return env.codec.action_to_index(a)
+        return self.head(env).to_index(a, env.codec, tiebreak=np.asarray(obs)[: env.K])
+
+    def head(self, env: Any) -> Any:
+        """The scores head's readout: the set-size rule stored with the policy (``score_rule``,
+        ``score_threshold`` of :class:`fggm.ScoresPolicy`), sized by the environment."""
+        from fggm.mimo.heads import ActionHead
+
+        pol = getattr(self.model, "policy", None)
+        return ActionHead("scores", env.K, env.S, getattr(pol, "score_rule", "top_s"),
+                          float(getattr(pol, "score_threshold", 0.0)))
 
 
 def make_scheduler(name: str, seed: int = 0) -> Scheduler:

@@ -18,6 +18,7 @@ import json
 import platform
 import time
 from collections import deque
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,12 @@ import numpy as np
 
 from fggm.mimo.config import ConfigError, EnvConfig, FggmConfig, env_config_from_dict
 from fggm.mimo.env import MuMimoEnv, check_sizes
+from fggm.mimo.heads import ActionHead
 
 MODEL_FILE = "sac.zip"
 NORM_FILE = "vecnormalize.pkl"
 MANIFEST_FILE = "manifest.json"
+FORMAT = "fggm-sac-scheduler/2"
 
 
 def versions() -> dict[str, str]:
@@ -146,6 +149,17 @@ def load_scheduler(path: str | Path, env_config: EnvConfig | None = None) -> tup
     return model, vecnorm, cfg
 
 
+def _policy_for(config: FggmConfig) -> tuple[Any, dict[str, Any]]:
+    """SB3 policy class and ``policy_kwargs`` for the config's action head."""
+    tc, env = config.train, config.env
+    if env.action_head == "scores":
+        from fggm.mimo.scores_policy import ScoresPolicy
+
+        return ScoresPolicy, {"net_arch": list(tc.net_arch), "num_users": env.num_users, "num_antennas": env.num_antennas,
+                              "score_rule": env.score_rule, "score_threshold": float(env.score_threshold)}
+    return "MlpPolicy", {"net_arch": list(tc.net_arch)}
+
+
 def _quick_eval(model: Any, vecnorm: Any, env_config: EnvConfig, ttis: int, seed: int) -> float:
     from fggm.mimo.evaluate import run_scheduler
     from fggm.mimo.schedulers import PolicyScheduler
@@ -184,8 +198,10 @@ def train(
     torch.set_num_threads(tc.torch_threads)
     venv = make_vec_env(config.env, tc.n_envs, seed)
     vecnorm = VecNormalize(venv, norm_obs=tc.norm_obs, norm_reward=tc.norm_reward, clip_obs=tc.clip_obs, gamma=tc.gamma)
+    scores = config.env.action_head == "scores"
+    policy, policy_kwargs = _policy_for(config)
     model = SAC(
-        "MlpPolicy",
+        policy,
         vecnorm,
         learning_rate=tc.learning_rate,
         buffer_size=tc.buffer_size,
@@ -195,23 +211,29 @@ def train(
         train_freq=tc.train_freq,
         gradient_steps=tc.gradient_steps,
         learning_starts=min(tc.learning_starts, max(steps - 1, 0)),
-        policy_kwargs={"net_arch": list(tc.net_arch)},
+        policy_kwargs=policy_kwargs,
+        ent_coef=tc.ent_coef,
         seed=seed,
         device="cpu",
         verbose=0,
     )
     log_path = out / "progress.csv"
     val_seed = tc.eval_seed + 1
-    val_ttis = min(tc.eval_ttis, config.env.episode_length)
+    val_ttis = tc.val_ttis or min(tc.eval_ttis, config.env.episode_length)
+    train_seeds = replace(tc, seed=seed).train_seeds()
     t0 = time.time()
-    state: dict[str, Any] = {"best": -np.inf, "best_step": 0}
+    state: dict[str, Any] = {"best": -np.inf, "best_step": 0, "saved": False}
 
     def _write_manifest(steps_done: int, complete: bool) -> dict[str, Any]:
         manifest: dict[str, Any] = {
-            "format": "fggm-sac-scheduler/1",
+            "format": FORMAT,
             "complete": complete,
             "config": config.to_dict(),
+            "action_head": config.env.action_head,
+            "head": ActionHead.from_config(config.env).to_dict(),
             "seed": seed,
+            "train_seeds": train_seeds,
+            "validation_seeds": [val_seed],
             "steps": int(steps_done),
             "steps_requested": steps,
             "stopped_by_wall_clock": bool(state.get("stopped_early", False)),
@@ -225,11 +247,28 @@ def train(
             "sac": {"train_freq": tc.train_freq, "gradient_steps": tc.gradient_steps, "net_arch": list(tc.net_arch),
                     "gamma": tc.gamma, "norm_reward": tc.norm_reward, "n_envs": tc.n_envs, "batch_size": tc.batch_size,
                     "learning_rate": tc.learning_rate, "buffer_size": tc.buffer_size, "learning_starts": tc.learning_starts},
+            "policy": "fggm.ScoresPolicy (shared per-user network)" if scores else "MlpPolicy",
+            "user_pooled_normaliser": scores,
+            "warm_start": warm_start,
             "files": {"model": MODEL_FILE, "normalizer": NORM_FILE, "log": "progress.csv", "curve": "training_curve.png"},
             "storage": "SB3 zip without replay buffer or Adam moments; target critic stored as the critic",
         }
         (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
         return manifest
+
+    warm_start: dict[str, Any] | None = None
+    if scores and tc.bc_states > 0:
+        from fggm.mimo.bc import behaviour_clone
+
+        warm_start = behaviour_clone(model, vecnorm, replace(config, train=replace(tc, seed=seed)), progress=progress)
+        vecnorm.training = False
+        val_r = _quick_eval(model, vecnorm, config.env, val_ttis, val_seed)
+        warm_start["val_reward"] = val_r
+        state.update(best=val_r, best_step=0, saved=True)
+        save_checkpoint(model, vecnorm, out)
+        _write_manifest(0, complete=False)
+    train_norm = not (scores and tc.freeze_normaliser)
+    vecnorm.training = train_norm
 
     class _Logger(BaseCallback):
         def __init__(self) -> None:
@@ -238,15 +277,29 @@ def train(
             self.fh = open(log_path, "w", newline="")
             self.writer = csv.writer(self.fh)
             self.writer.writerow(["step", "wall_s", "reward_mean", "val_reward", "actor_loss", "critic_loss", "ent_coef"])
+            if warm_start is not None:  # step 0: the behaviour-cloned policy before any SAC update
+                self.writer.writerow([0, f"{time.time() - t0:.1f}", "nan", f"{warm_start['val_reward']:.5f}", "nan", "nan", "nan"])
             self.bar = None
             if progress:
                 from tqdm.auto import tqdm
 
                 self.bar = tqdm(total=steps, desc="training SAC", unit="step", mininterval=2.0)
 
+        def _on_training_start(self) -> None:
+            if scores and tc.critic_warmup_steps > 0:
+                model.actor.requires_grad_(False)  # the critic first learns the warm-started policy's values
+
         def _on_step(self) -> bool:
             self.recent.extend(np.asarray(vecnorm.get_original_reward()).reshape(-1).tolist())
             n = self.num_timesteps
+            if scores and train_norm:
+                from fggm.mimo.bc import pool_user_statistics
+
+                pool_user_statistics(vecnorm.obs_rms, config.env.num_antennas, config.env.num_users)
+            if (scores and tc.critic_warmup_steps > 0 and not state.get("actor_released")
+                    and n >= model.learning_starts + tc.critic_warmup_steps):
+                model.actor.requires_grad_(True)
+                state["actor_released"] = n
             if self.bar is not None:
                 self.bar.update(self.training_env.num_envs)
             if n % tc.log_interval < self.training_env.num_envs or n >= steps:
@@ -254,10 +307,12 @@ def train(
                 if n > model.learning_starts:
                     vecnorm.training = False
                     val_r = _quick_eval(model, vecnorm, config.env, val_ttis, val_seed)
-                    vecnorm.training = True
+                    vecnorm.training = train_norm
                     val = f"{val_r:.5f}"
-                    if val_r > state["best"]:
-                        state["best"], state["best_step"] = val_r, n
+                    # ties (the deterministic policy unchanged, e.g. while the critic warms up) keep the later
+                    # checkpoint: same actions, a critic trained longer
+                    if val_r >= state["best"]:
+                        state["best"], state["best_step"], state["saved"] = val_r, n, True
                         save_checkpoint(model, vecnorm, out)
                         _write_manifest(n, complete=False)
                 logv = model.logger.name_to_value
@@ -281,7 +336,7 @@ def train(
                 self.bar.close()
 
     model.learn(total_timesteps=steps, callback=_Logger(), progress_bar=False)
-    if state["best_step"] == 0:  # never evaluated (very short run): keep the final weights
+    if not state["saved"]:  # never evaluated (very short run): keep the final weights
         save_checkpoint(model, vecnorm, out)
         state["best_step"] = int(model.num_timesteps)
     manifest = _write_manifest(int(model.num_timesteps), complete=True)
@@ -306,7 +361,7 @@ def final_evaluation(ckpt_dir: str | Path, env_config: EnvConfig, ttis: int, see
     model, vecnorm, _ = load_scheduler(ckpt_dir, env_config)
     scheds = [PolicyScheduler(model, vecnorm, name="sac")] + [make_scheduler(b, seed) for b in BASELINES]
     rows = evaluate_schedulers(env_config, scheds, ttis, seed, progress=progress)
-    summary = {r["scheduler"]: {k: r[k] for k in ("mean_reward", "sum_se", "jain")} for r in rows}
+    summary = {r["scheduler"]: {k: r[k] for k in ("mean_reward", "sum_se", "jain", "share_max_rel_dev")} for r in rows}
     best = summary["exhaustive"]["mean_reward"]
     summary["sac_vs_exhaustive"] = summary["sac"]["mean_reward"] / best if best else float("nan")
     return {"ttis": ttis, "seed": seed, "results": summary}
@@ -324,9 +379,61 @@ def load_config_for_dir(path: str | Path) -> EnvConfig:
     return _manifest_env(d)
 
 
+def _read_manifest(d: Path) -> dict[str, Any]:
+    """``d``'s manifest as a dict; an unreadable one is one :class:`ConfigError` naming the file."""
+    try:
+        data = json.loads((d / MANIFEST_FILE).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{d / MANIFEST_FILE} is not a scheduler manifest ({type(exc).__name__})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{d / MANIFEST_FILE} is not a scheduler manifest (not a JSON object)")
+    return data
+
+
 def _manifest_env(d: Path) -> EnvConfig:
     """The env config in ``d``'s manifest; an unreadable manifest is one :class:`ConfigError`."""
     try:
-        return env_config_from_dict(json.loads((d / MANIFEST_FILE).read_text())["config"]["env"])
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        return env_config_from_dict(_read_manifest(d)["config"]["env"])
+    except (KeyError, TypeError) as exc:
         raise ConfigError(f"{d / MANIFEST_FILE} is not a scheduler manifest ({type(exc).__name__})") from None
+
+
+def seen_seeds(path: str | Path) -> dict[str, list[int]]:
+    """Channel seeds a checkpoint has seen: ``{"train": [...], "validation": [...]}``.
+
+    Read from the manifest's ``train_seeds`` / ``validation_seeds``; a manifest written before they
+    were recorded gets them from its config (SAC environments ``seed .. seed + n_envs - 1``, the
+    validation seed ``eval_seed + 1``).
+
+    Example:
+        >>> seen_seeds("data/schedulers/smart16")      # doctest: +SKIP
+        {'train': [0, 1, 2, 3], 'validation': [12346]}
+    """
+    d = Path(path)
+    if not (d / MANIFEST_FILE).is_file():
+        raise ConfigError(f"{d} is not a scheduler checkpoint: missing {MANIFEST_FILE}")
+    m = _read_manifest(d)
+    tr = (m.get("config") or {}).get("train") or {}
+    if "train_seeds" in m:
+        train_s = [int(x) for x in m["train_seeds"]]
+    else:
+        seed = int(m.get("seed", tr.get("seed", 0)))
+        train_s = list(range(seed, seed + int(tr.get("n_envs", 1))))
+    if "validation_seeds" in m:
+        val_s = [int(x) for x in m["validation_seeds"]]
+    else:
+        v = (m.get("validation") or {}).get("seed")
+        val_s = [int(v)] if v is not None else [int(tr.get("eval_seed", 12_345)) + 1]
+    return {"train": train_s, "validation": val_s}
+
+
+def check_unseen(path: str | Path, eval_seeds: list[int] | tuple[int, ...]) -> list[int]:
+    """Evaluation seeds that the checkpoint at ``path`` trained or was selected on (empty: all unseen).
+
+    Example:
+        >>> check_unseen("data/schedulers/smart16", [7, 0])   # doctest: +SKIP
+        [0]
+    """
+    seen = seen_seeds(path)
+    used = set(seen["train"]) | set(seen["validation"])
+    return sorted(int(s) for s in eval_seeds if int(s) in used)
