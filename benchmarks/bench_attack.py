@@ -29,7 +29,7 @@ import torch
 
 from fggm.mimo.attack import ThreatModel, Victim, run_fggm
 from fggm.mimo.attack_eval import default_scheduler
-from fggm.mimo.sweep import SweepSettings, run_sweep
+from fggm.mimo.sweep import SweepSettings, _load_records, run_sweep, summarise
 
 TARGET_S = 60.0
 TARGET_DROP = 70.0
@@ -41,6 +41,24 @@ def _victims(explicit: list[str] | None) -> list[Path]:
         return [Path(p) for p in explicit]
     root = default_scheduler().parent
     return [p for p in (root / "smart16", root / "smart16-scores") if (p / "manifest.json").is_file()]
+
+
+def _read_sweep(folder: Path) -> dict[str, Any]:
+    """A sweep's ``results.json``, or, for a sweep still running (or stopped), the summary of the
+    configurations finished so far in its ``configs.jsonl``."""
+    if (folder / "results.json").is_file():
+        return json.loads((folder / "results.json").read_text())
+    settings = json.loads((folder / "settings.json").read_text())
+    records = _load_records(folder / "configs.jsonl")
+    if not records:
+        raise SystemExit(f"{folder}: no results.json and no finished configuration in configs.jsonl")
+    summary, margins = summarise(records)
+    manifest = Path(str(settings.get("scheduler", ""))) / "manifest.json"
+    head = "?"
+    if manifest.is_file():
+        head = json.loads(manifest.read_text()).get("config", {}).get("env", {}).get("action_head", "subset")
+    print(f"{folder}: unfinished sweep, {len(records)} configurations done")
+    return {"summary": summary, "margins": margins, "scheduler": settings.get("scheduler"), "head": head}
 
 
 def report(results: list[dict[str, Any]]) -> None:
@@ -92,7 +110,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.from_dirs:
-        report([json.loads((Path(d) / "results.json").read_text()) for d in args.from_dirs])
+        report([_read_sweep(Path(d)) for d in args.from_dirs])
         return
     results = []
     for src in _victims(args.scheduler):
