@@ -89,7 +89,7 @@ def report(results: list[dict[str, Any]]) -> None:
                 print(f"  FGGM - {m['versus']:8s} ({m['forgery']}, {m['num_attackers']} att., {m['victims']}): "
                       f"{m['margin']:+6.1f} points, CI {m['ci95'][0]:+.1f}..{m['ci95'][1]:+.1f}  {tag}")
                 if m["excludes_zero"] and m["margin"] > 0:
-                    beat.append(f"{head}/{m['forgery']}/{m['num_attackers']} att. vs {m['versus']}")
+                    beat.append(f"{head}/{m['forgery']}/{m['num_attackers']} att./{m['victims']} vs {m['versus']}")
     print(f"\nFGGM beats a point baseline with a CI excluding 0 in: {', '.join(beat) if beat else 'no regime (MISSED)'}")
     verdict = "met" if best_cov >= TARGET_CERT_COV else "MISSED"
     print(f"best certified coverage of real TTIs: {best_cov:.3f} (target >= {TARGET_CERT_COV}: {verdict})")
