@@ -365,3 +365,29 @@ def test_cli_attack_pilot_and_sweep(sched_dir: Path, tmp_path: Path) -> None:
                       (["sweep", "--victims", "9"], "unknown user")):
         r = runner.invoke(app, [args[0], "--scheduler", str(sched_dir), *args[1:], "--out", str(tmp_path / "x")])
         assert r.exit_code == 2 and msg in r.output and "Traceback" not in r.output, (args, r.output)
+
+
+def test_cli_attacks_the_shipped_v2_scores_victim_through_the_rank_spec(tmp_path: Path) -> None:
+    """``fggm attack --scheduler data/schedulers/smart16-scores`` (refused before issue 13): the
+    scores head is attacked through the rank specification, the certificate counts non-victims
+    certified above the victim, and the real-TTI check measures both sides."""
+    from typer.testing import CliRunner
+
+    from fggm.cli import app
+
+    sched = Path(__file__).resolve().parents[2] / "data" / "schedulers" / "smart16-scores"
+    if not (sched / "manifest.json").is_file():
+        pytest.skip("the shipped v2 scores checkpoint is absent")
+    out = tmp_path / "attack.json"
+    r = CliRunner().invoke(app, ["attack", "--scheduler", str(sched), "--attackers", "0,1", "--victims", "2",
+                                 "--steps", "2", "--restarts", "1", "--eval-ttis", "50", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    d = json.loads(out.read_text())
+    cert = d["certificate"]
+    assert cert["needed_above"] == 4 and 0 <= cert["certified_above"] <= 15
+    assert cert["proved"] == (cert["alternative"] is not None)
+    assert d["forgery"] == "fixed" and 0.0 <= d["certified_coverage"] <= d["coverage"] <= 1.0
+    assert d["victim_throughput_no_attack"] > 0 and d["attacker_throughput_no_attack"] > 0
+    res = AttackResult.load(out)
+    setup = AttackSetup.build(Victim.load(sched), res.threat)
+    assert isinstance(setup.spec, RankSpec) and setup.spec.protected == [2]
