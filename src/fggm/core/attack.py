@@ -45,7 +45,7 @@ from fggm.core.spec import Spec
 from fggm.core.threat import Controlled, NormaliserStats
 
 __all__ = ["BoxProblem", "Search", "Certified", "optimise", "ladder_search", "certify", "certified_k",
-           "mean_point_search", "eot_search", "double"]
+           "prove_split", "mean_point_search", "eot_search", "double"]
 
 
 @dataclass
@@ -53,8 +53,10 @@ class BoxProblem:
     """One attack on one policy: view, box at ``k``, controlled entries, goal, abstract domain.
 
     ``phys_lo`` / ``phys_hi`` clamp the box into the observation's physical limits (``None``:
-    none).  ``base_lo`` / ``base_up`` (float32 ``[obs]``) are the box of every entry; the
-    controlled entries are overwritten by :meth:`box`.
+    none).  ``tighten`` (optional) maps the float64 box ``(lo, up)`` to a smaller one using what
+    the attackers know for sure about the problem (e.g. one entry is a function of others); it
+    must only remove points no real observation can take.  ``base_lo`` / ``base_up`` (float32
+    ``[obs]``) are the box of every entry; the controlled entries are overwritten by :meth:`box`.
 
     Example:
         >>> # problem.at_k(0.5).box(x)[0].shape == (x.shape[0], obs_dim)
@@ -68,11 +70,14 @@ class BoxProblem:
     domain: str = "crown"
     phys_lo: np.ndarray | None = None
     phys_hi: np.ndarray | None = None
+    tighten: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
     base_lo: torch.Tensor = field(init=False)
     base_up: torch.Tensor = field(init=False)
 
     def __post_init__(self) -> None:
         lo, up = self.stats.box(self.k, self.phys_lo, self.phys_hi)
+        if self.tighten is not None:
+            lo, up = self.tighten(lo, up)
         self.base_lo = torch.tensor(lo, dtype=torch.float32)
         self.base_up = torch.tensor(up, dtype=torch.float32)
 
@@ -91,17 +96,15 @@ class BoxProblem:
         lo = self.base_lo.to(dtype).expand(B, -1).clone()
         up = self.base_up.to(dtype).expand(B, -1).clone()
         idx = self.controlled.indices
-        vals = self.controlled.values(x.to(dtype))
-        lo = lo.index_put((torch.arange(B)[:, None], idx[None, :]), vals)
-        up = up.index_put((torch.arange(B)[:, None], idx[None, :]), vals)
+        v_lo, v_up = self.controlled.values_box(x.to(dtype), self.base_lo[idx].to(dtype), self.base_up[idx].to(dtype))
+        lo = lo.index_put((torch.arange(B)[:, None], idx[None, :]), v_lo)
+        up = up.index_put((torch.arange(B)[:, None], idx[None, :]), v_up)
         return lo, up
 
     def point(self, x: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
-        """Observations ``obs [B, obs]`` with the controlled entries replaced by ``x``'s values."""
-        B = x.shape[0]
-        idx = self.controlled.indices
-        vals = self.controlled.values(x).to(obs.dtype)
-        return obs.index_put((torch.arange(B)[:, None], idx[None, :]), vals)
+        """Observations ``obs [B, obs]`` as the policy sees them under parameters ``x``
+        (:meth:`Controlled.apply`: the controlled entries replaced or transformed)."""
+        return self.controlled.apply(x, obs)
 
     def mean_observation(self) -> torch.Tensor:
         """The normaliser's mean observation, within the box (physical limits applied), ``[obs]``."""
@@ -297,6 +300,50 @@ def certified_k(problem: BoxProblem, x: torch.Tensor, net64: nn.Module, proved_f
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if proved(mid) else (lo, mid)
     return lo
+
+
+def prove_split(problem: BoxProblem, x: torch.Tensor, max_leaves: int = 16, net64: nn.Module | None = None) -> tuple[bool, int]:
+    """Prove the goal on the box of parameters ``x [1, ...]`` by input splitting (branch and bound
+    on the input): bound the box with float64 CROWN; while some leaf is not proved, split the
+    worst leaf in half along the coordinate whose width times the cost's sensitivity to its
+    corners is largest.  The goal holds on the box when every leaf proves some alternative (not
+    necessarily the same one).  Returns ``(proved, leaves used)``; gives up after ``max_leaves``.
+
+    Example:
+        >>> # proved, leaves = prove_split(problem.at_k(0.2), cert.x, max_leaves=32)
+    """
+    net64 = net64 if net64 is not None else double(problem.net)
+    lo0, up0 = problem.box(x, torch.float64)
+    ctl = problem.controlled.indices
+
+    def cost(lo: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        lb, ub = bounds.crown(net64, lo, up)
+        return problem.spec.costs(lb, ub).min(-1).values
+
+    leaves = [(lo0, up0)]
+    used = 1
+    while True:
+        costs = [float(cost(lo, up)) for lo, up in leaves]
+        open_ = [i for i, c in enumerate(costs) if c > 0]
+        if not open_:
+            return True, used
+        if used >= max_leaves:
+            return False, used
+        i = max(open_, key=lambda j: costs[j])
+        lo, up = leaves.pop(i)
+        lo_g, up_g = lo.clone().requires_grad_(True), up.clone().requires_grad_(True)
+        g_lo, g_up = torch.autograd.grad(cost(lo_g, up_g).sum(), (lo_g, up_g))
+        score = ((g_lo.abs() + g_up.abs()) * (up - lo))[0]
+        score[ctl] = -1.0  # the attackers' own entries are never split
+        d = int(torch.argmax(score))
+        if float(score[d]) <= 0:
+            leaves.insert(i, (lo, up))
+            return False, used
+        mid = (lo[0, d] + up[0, d]) / 2
+        left_up, right_lo = up.clone(), lo.clone()
+        left_up[0, d], right_lo[0, d] = mid, mid
+        leaves += [(lo, left_up), (right_lo, up)]
+        used += 1
 
 
 def certify(problem: BoxProblem, best_x: torch.Tensor, best_loss: torch.Tensor) -> Certified:

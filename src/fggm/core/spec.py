@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["Spec", "RunSpec", "MatrixSpec", "runs_of", "atanh_ends", "grid_action"]
+__all__ = ["Spec", "RunSpec", "MatrixSpec", "RankSpec", "runs_of", "atanh_ends", "grid_action"]
 
 
 def runs_of(free: np.ndarray) -> np.ndarray:
@@ -222,3 +222,88 @@ class MatrixSpec(Spec):
         lbt = torch.as_tensor(lb, dtype=torch.float64).reshape(1, -1)
         ok = (self.costs(lbt, lbt)[0] <= 0).nonzero()
         return int(ok[0, 0]) if len(ok) else None
+
+
+class RankSpec(MatrixSpec):
+    """Vector head read out as its ``S`` largest outputs (top-S): none of the ``protected``
+    outputs may be among them.
+
+    Rows ``y_t - y_v > margin`` for every other output ``t`` and protected ``v`` (the spec matrix
+    ``C`` has ``(n - |V|) |V|`` rows, bounded directly by CROWN); the goal is proved over a box
+    when at least ``S`` others exceed every protected output on the whole box.  The cost is the
+    sum of the ``S`` smallest per-other deficits ``sum_v relu(margin - lb_{t,v})``, so the gradient
+    loop works on the others closest to a proof.  With ``threshold`` (a pre-squash value) a
+    second alternative is added, the threshold readout's: every protected output below
+    ``threshold - margin`` and at least one other above them all.
+
+    Example:
+        >>> spec = RankSpec(n_outputs=4, protected=[0], top=2)
+        >>> spec.C.shape[0], spec.which(torch.tensor([[0.5, 0.2, -1.0]]), None)
+        (3, 0)
+        >>> round(float(spec.point_margin(spec.network(nn.Identity())(torch.tensor([[0.0, 1.0, 2.0, -1.0]])))), 4)
+        -0.99
+    """
+
+    def __init__(self, n_outputs: int, protected: Sequence[int], top: int, margin: float = 0.01,
+                 threshold: float | None = None) -> None:
+        prot = sorted({int(v) for v in protected})
+        if not prot or min(prot) < 0 or max(prot) >= n_outputs:
+            raise ValueError(f"protected outputs must be distinct ids in [0, {n_outputs}), got {list(protected)}")
+        others = [t for t in range(n_outputs) if t not in prot]
+        if not 1 <= top <= len(others):
+            raise ValueError(f"top-{top} cannot exclude {len(prot)} of {n_outputs} outputs")
+        self.protected, self.others, self.top = prot, others, int(top)
+        self.margin, self.threshold = float(margin), threshold
+        rows, d = [], []
+        for t in others:
+            for v in prot:
+                r = torch.zeros(n_outputs)
+                r[t], r[v] = 1.0, -1.0
+                rows.append(r)
+                d.append(self.margin)
+        self.n_rank = len(rows)
+        if threshold is not None:
+            for v in prot:
+                r = torch.zeros(n_outputs)
+                r[v] = -1.0
+                rows.append(r)
+                d.append(-float(threshold) + self.margin)
+        super().__init__(torch.stack(rows), torch.tensor(d))
+        self.n_alternatives = 1 if threshold is None else 2
+
+    def _deficit_per_other(self, deficit: torch.Tensor) -> torch.Tensor:
+        """``[B, n_others]``: summed over the protected outputs (rank rows are other-major)."""
+        return deficit[:, : self.n_rank].reshape(deficit.shape[0], len(self.others), len(self.protected)).sum(-1)
+
+    def costs(self, lb: torch.Tensor, ub: torch.Tensor) -> torch.Tensor:
+        deficit = torch.relu(self.d.to(lb.dtype) - lb)
+        per_other = self._deficit_per_other(deficit)
+        rank = torch.topk(per_other, self.top, dim=-1, largest=False).values.sum(-1, keepdim=True)
+        if self.threshold is None:
+            return rank
+        below = deficit[:, self.n_rank :].sum(-1, keepdim=True) + per_other.min(-1, keepdim=True).values
+        return torch.cat([rank, below], 1)
+
+    def point_margin(self, y: torch.Tensor) -> torch.Tensor:
+        m = self.d.to(y.dtype) - y  # negative where a row holds
+        per_other = m[:, : self.n_rank].reshape(m.shape[0], len(self.others), len(self.protected)).amax(-1)
+        rank = torch.topk(per_other, self.top, dim=-1, largest=False).values[:, -1]
+        if self.threshold is None:
+            return rank
+        below = torch.maximum(m[:, self.n_rank :].amax(-1), per_other.min(-1).values)
+        return torch.minimum(rank, below)
+
+    def which(self, lb: torch.Tensor | float, ub: torch.Tensor | float) -> int | None:
+        lbt = torch.as_tensor(lb, dtype=torch.float64).reshape(1, -1)
+        ok = (self.costs(lbt, lbt)[0] <= 0).nonzero()
+        return int(ok[0, 0]) if len(ok) else None
+
+    def certified_others(self, lb: torch.Tensor) -> int:
+        """How many others are certified above every protected output (``top`` or more = proved).
+
+        Example:
+            >>> RankSpec(3, [0], 1).certified_others(torch.tensor([[0.5, -0.2]]))
+            1
+        """
+        lbt = torch.as_tensor(lb, dtype=torch.float64).reshape(1, -1)
+        return int((self._deficit_per_other(torch.relu(self.d - lbt)) <= 0).sum())

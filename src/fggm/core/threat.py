@@ -126,6 +126,17 @@ class NormaliserStats:
             lo, up = np.minimum(lo, phys_hi), np.minimum(up, phys_hi)
         return lo, up
 
+    def clip_range(self) -> tuple[np.ndarray, np.ndarray]:
+        """Raw-space edges ``mean -+ clip_obs * sqrt(var + epsilon)`` of the normaliser's clip: every raw
+        value beyond an edge reaches the policy as that edge.
+
+        Example:
+            >>> NormaliserStats(np.zeros(1), np.ones(1), 0.0, 2.0).clip_range()[1].tolist()
+            [2.0]
+        """
+        half = self.clip_obs * np.sqrt(self.var + self.epsilon)
+        return self.mean - half, self.mean + half
+
     def sample(self, n: int, gen: torch.Generator, phys_lo: np.ndarray | None = None,
                phys_hi: np.ndarray | None = None) -> torch.Tensor:
         """``n`` observations from the normaliser's Gaussian ``N(mean, var)``, clipped into the
@@ -145,18 +156,37 @@ class NormaliserStats:
         return obs.float()
 
 
-def coverage(obs: np.ndarray, lo: np.ndarray, up: np.ndarray, controlled: np.ndarray) -> float:
-    """Share of observations ``[B, obs]`` whose UNCONTROLLED entries all lie in ``[lo, up]``.
+def coverage(obs: np.ndarray, lo: np.ndarray, up: np.ndarray, controlled: np.ndarray | None = None,
+             stats: "NormaliserStats | None" = None, rtol: float = 1e-5) -> float:
+    """Share of observations ``[B, obs]`` whose entries, except the ``controlled`` ones (points the
+    attackers set), all lie in ``[lo, up]`` (``[obs]``, or ``[B, obs]`` for one box per observation).
+
+    With ``stats`` the test is made where the policy sees the observation: after the normaliser's
+    clip.  A raw entry beyond the clip edge reaches the network as the edge itself, so it counts
+    as inside whenever the box reaches that edge.  ``rtol`` absorbs float32 rounding.
 
     Example:
         >>> coverage(np.array([[0.5, 9.0], [2.0, 9.0]]), np.zeros(2), np.ones(2), np.array([1]))
         0.5
+        >>> s = NormaliserStats(np.zeros(1), np.ones(1), 0.0, 2.0)
+        >>> coverage(np.array([[5.0]]), *s.box(3.0)), coverage(np.array([[5.0]]), *s.box(3.0), stats=s)
+        (0.0, 1.0)
     """
-    keep = np.ones(np.shape(obs)[1], dtype=bool)
-    keep[np.asarray(controlled, dtype=int)] = False
-    o = np.asarray(obs)[:, keep]
-    inside = (o >= np.asarray(lo)[keep] - 1e-9) & (o <= np.asarray(up)[keep] + 1e-9)
-    return float(inside.all(1).mean()) if len(o) else 0.0
+    o = np.asarray(obs, dtype=np.float64)
+    if o.ndim != 2 or len(o) == 0:
+        return 0.0
+    lo = np.broadcast_to(np.asarray(lo, dtype=np.float64), o.shape)
+    up = np.broadcast_to(np.asarray(up, dtype=np.float64), o.shape)
+    if stats is not None:
+        c_lo, c_hi = stats.clip_range()
+        o = np.clip(o, c_lo, c_hi)
+        lo, up = np.clip(lo, c_lo, c_hi), np.clip(up, c_lo, c_hi)
+    keep = np.ones(o.shape[1], dtype=bool)
+    if controlled is not None:
+        keep[np.asarray(controlled, dtype=int)] = False
+    tol = rtol * (1.0 + np.abs(o[:, keep]))
+    inside = (o[:, keep] >= lo[:, keep] - tol) & (o[:, keep] <= up[:, keep] + tol)
+    return float(inside.all(1).mean())
 
 
 class Controlled(ABC):
@@ -177,6 +207,27 @@ class Controlled(ABC):
     @abstractmethod
     def values(self, x: torch.Tensor) -> torch.Tensor:
         """Differentiable ``[B, P]`` values of the controlled entries for parameters ``x``."""
+
+    def values_box(self, x: torch.Tensor, lo: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[B, P]`` lower and upper values of the controlled entries over the box.
+
+        ``lo`` / ``up`` (``[P]``) are the box the entries would have if nobody controlled them:
+        a forgery that transforms the attackers' own unknown true entries (e.g. a scaled pilot)
+        maps that box through its transformation; the default (entries set outright) is the
+        point :meth:`values` and ignores them.
+        """
+        v = self.values(x)
+        return v, v
+
+    def apply(self, x: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+        """Observations ``obs [B, obs]`` as the policy sees them under parameters ``x [B, ...]``.
+
+        ``obs`` holds the honest values of the controlled entries too (a sampled or real
+        observation); the default overwrites them with :meth:`values`.
+        """
+        B = x.shape[0]
+        vals = self.values(x).to(obs.dtype)
+        return obs.index_put((torch.arange(B)[:, None], self.indices[None, :]), vals)
 
     @abstractmethod
     def project(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,176 +1,100 @@
-"""Evaluate crafted attacks on the victim: many TTIs and seeds with the forged CSI fixed.
+"""Evaluate crafted attacks on the victim: many TTIs and seeds with the forgery fixed.
 
-Every condition runs the victim's SB3 policy through :func:`fggm.evaluate.run_scheduler` on
-the same channel seeds (channels do not depend on actions), so conditions are paired episode
-by episode.  Physical rates use the TRUE channels with a ZF receiver built from the REPORTED
-(forged) ones.  The oracle baseline re-optimises the forged channels every TTI knowing the
-exact observation (white-box, an upper bound on what a fixed forged CSI can do).
+Every condition runs the victim's SB3 policy on the same channel seeds (:mod:`fggm.mimo.runner`),
+so conditions are paired TTI by TTI.  Per attack the rows report the victims' and the attackers'
+throughput against no attack (paired bootstrap CIs over 50-TTI blocks of every seed), and how
+well the box the attack assumed describes the real observations the policy saw under it:
+``coverage`` (share of those TTIs whose unknown entries all lie in the box at ``k``, after the
+normaliser's clip) and ``certified_coverage`` (the same for the box on which the certificate is
+proved, at ``certified_k``; 0 when nothing is proved).
 
 Example:
     >>> victim = Victim.load("data/schedulers/smart16")                      # doctest: +SKIP
-    >>> rows = run_demo(victim, ThreatModel(attackers=(0, 1), victims=(2,)))   # doctest: +SKIP
+    >>> out = run_demo(victim, ThreatModel(attackers=(0, 1), victims=(2,)))    # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import math
+import json
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
-import torch
 
 from fggm.core.stats import block_means, bootstrap_drop
-from fggm.mimo.attack import (AttackResult, AttackSetup, ThreatModel, Victim, mean_point_pgd, random_forged,
-                         run_fggm)
-from fggm.mimo.config import ChannelConfig, EnvConfig
-from fggm.mimo.evaluate import run_scheduler
-from fggm.mimo.physics import single_user_se
+from fggm.mimo.attack import METHODS, AttackResult, AttackSetup, ThreatModel, Victim, craft
+from fggm.mimo.config import EnvConfig
+from fggm.mimo.physics import jain
+from fggm.mimo.runner import Condition, OracleAttacker, Trace, run_conditions
 from fggm.plots import plot_drop_bars, plt, save_figure
-from fggm.mimo.schedulers import PolicyScheduler, Scheduler
 
-__all__ = ["ATTACKS", "OraclePGDScheduler", "evaluate_attacks", "craft_all", "run_demo", "run_sweep",
-           "bootstrap_drop", "plot_attack_drop", "plot_attack_cdf", "plot_sweep"]
+__all__ = ["ATTACKS", "BLOCK", "evaluate_attacks", "evaluate_result", "craft_all", "run_demo", "run_sweep", "bootstrap_drop",
+           "plot_attack_drop", "plot_attack_cdf", "attack_table", "default_scheduler", "evaluate_attack_file",
+           "coverages"]
 
-ATTACKS = ("none", "random", "mean-pgd", "oracle-pgd", "fggm-ibp", "fggm")
+ATTACKS = ("none", "random", "silent", "mean-pgd", "eot-pgd", "oracle-pgd", "fggm-ibp", "fggm")
 BLOCK = 50  # TTIs per bootstrap block (paired across conditions)
 
 
-class _Recorder(Scheduler):
-    """Wraps a scheduler and records the victims' SE every TTI (from the step's info)."""
-
-    def __init__(self, inner: Scheduler, victims: Sequence[int]) -> None:
-        self.inner, self.victims = inner, list(victims)
-        self.name = inner.name
-        self.victim_se: list[float] = []
-
-    def reset(self, env: Any) -> None:
-        self.inner.reset(env)
-
-    def select(self, obs: np.ndarray, env: Any) -> int:
-        return self.inner.select(obs, env)
-
-    def observe(self, info: dict[str, Any]) -> None:
-        self.inner.observe(info)
-        self.victim_se.append(float(np.mean(np.asarray(info["se"])[self.victims])))
-
-
-class OraclePGDScheduler(Scheduler):
-    """White-box oracle: every TTI, sign-PGD on the attackers' forged channels at the EXACT
-    current observation, then the victim policy schedules on the forged report.
-
-    It starts from the given forged channels (e.g. FGGM's) and keeps the best point, so at
-    every TTI its action is at least as deep inside a victim-free run as theirs.
+def coverages(victim: Victim, res: AttackResult, obs: np.ndarray) -> tuple[float, float]:
+    """``(coverage, certified_coverage)`` of real observations ``obs [B, obs]`` by the box the
+    attack assumed (its threat model's ``k``) and by the box it is proved on (``certified_k``).
 
     Example:
-        >>> sched = OraclePGDScheduler(victim, setup, [fggm_x])   # doctest: +SKIP
+        >>> coverages(victim, result, obs)   # doctest: +SKIP
+        (0.0, 0.0)
     """
-
-    name = "oracle-pgd"
-
-    def __init__(self, victim: Victim, setup: AttackSetup, inits: Sequence[torch.Tensor],
-                 steps: int = 10, step_size: float = 0.1) -> None:
-        self.victim, self.setup = victim, setup
-        self.policy = PolicyScheduler(victim.model, victim.vecnormalize, name="oracle-pgd")
-        rand = torch.randn(2, *setup.mean_forged.shape, generator=torch.Generator().manual_seed(setup.threat.seed))
-        rand = rand / rand.norm(dim=-1, keepdim=True) * math.sqrt(setup.budget)
-        self.x0 = torch.cat([torch.stack([torch.as_tensor(x, dtype=torch.float32) for x in inits]), rand]) \
-            if inits else rand
-        self.steps, self.scale = steps, step_size * math.sqrt(setup.budget / setup.mean_forged.shape[-1])
-        self.M = victim.env.num_antennas
-
-    def select(self, obs: np.ndarray, env: Any) -> int:
-        s = self.setup
-        o = torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0).expand(self.x0.shape[0], -1)
-        x = self.x0.clone().requires_grad_(True)
-        best_x, best = self.x0.clone(), torch.full((self.x0.shape[0],), float("inf"))
-        for step in range(self.steps + 1):
-            loss = s.point_margin(self.victim.view(s.point(x, o)).double())
-            with torch.no_grad():
-                better = loss < best
-                best, best_x[better] = torch.where(better, loss, best), x.detach()[better]
-            if step == self.steps:
-                break
-            g = torch.autograd.grad(loss.sum(), x)[0]
-            with torch.no_grad():
-                x -= self.scale * g.sign()
-                x.copy_(s.project(x))
-        xb = best_x[int(torch.argmin(best))].double().numpy()
-        obs_mod = np.array(obs, dtype=np.float32, copy=True)
-        for a, u in enumerate(s.threat.attackers):
-            h = xb[a, : self.M] + 1j * xb[a, self.M :]
-            env.report_override(u, h)  # the base station's ZF now uses the forged report
-            obs_mod[s.ch_idx[a].numpy()] = np.concatenate([h.real, h.imag]).astype(np.float32)
-            obs_mod[int(s.se_idx[a])] = np.float32(single_user_se(h[:, None])[0])
-        return self.policy.select(obs_mod, env)
+    setup = AttackSetup.build(victim, res.threat)
+    x = res.x()[0]
+    ck = float(res.certificate.get("certified_k") or 0.0)
+    return setup.coverage(obs, x), (setup.coverage(obs, x, k=ck) if ck > 0 else 0.0)
 
 
-def _certified(res: AttackResult | None) -> bool | float:
-    if res is None:
-        return False
-    return True if res.certificate.get("proved") else float(res.certificate.get("certified_share", 0.0))
+def _drop(base: np.ndarray, att: np.ndarray) -> float:
+    b = float(np.mean(base))
+    return 100.0 * (1.0 - float(np.mean(att)) / b) if b > 0 else 0.0
 
 
-def evaluate_attacks(victim: Victim, threat: ThreatModel, attacks: Mapping[str, AttackResult | None], *,
-                     ttis: int = 800, seeds: Sequence[int] = (101, 102), env: EnvConfig | None = None,
-                     oracle: bool = False, oracle_inits: Sequence[AttackResult] = (),
-                     on_step: Callable[[int], None] | None = None) -> tuple[list[dict[str, Any]], dict[str, list[float]]]:
-    """Run the victim policy under every attack (``None`` = no forged CSI) on the same channels.
-
-    Returns summary rows (one per attack, ``none`` first, the keys of ``results.json``) and
-    each condition's per-TTI victim SE (for CDFs).  ``oracle=True`` adds ``oracle-pgd``.
-    ``victim_drop_pct`` is ``100 (1 - attacked / none)`` of the victims' mean SE per TTI; its
-    ``ci95`` is a paired bootstrap over blocks of 50 TTIs of every seed.
-
-    Example:
-        >>> rows, _ = evaluate_attacks(victim, threat, {"none": None, "fggm": res}, ttis=400)  # doctest: +SKIP
-    """
-    env_cfg = env or victim.env
-    setup = AttackSetup.build(victim, threat)
-    names = ["none"] + [n for n in attacks if n != "none"] + (["oracle-pgd"] if oracle else [])
-    per_episode: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    per_tti: dict[str, list[float]] = {n: [] for n in names}
-    raw: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
-    for name in names:
-        res = attacks.get(name)
-        for seed in seeds:
-            if name == "oracle-pgd":
-                inits = [torch.tensor(np.stack([np.concatenate([r.forged[u].real, r.forged[u].imag])
-                                                for u in threat.attackers])) for r in oracle_inits]
-                inner: Scheduler = OraclePGDScheduler(victim, setup, inits)
-                forged: dict[int, np.ndarray] = {}
-            else:
-                inner = PolicyScheduler(victim.model, victim.vecnormalize, name=name)
-                forged = dict(res.forged) if res is not None else {}
-            rec = _Recorder(inner, threat.victims)
-            row = run_scheduler(env_cfg, rec, ttis, seed, forged=forged, on_step=on_step)
-            raw[name].append(row)
-            per_tti[name].extend(rec.victim_se)
-            per_episode[name].append(np.asarray(row["episode_user_throughput"]))
+def _rows(victim: Victim, threat: ThreatModel, attacks: Mapping[str, AttackResult | None],
+          traces: Sequence[dict[str, Trace]], ttis: int, seeds: Sequence[int]) -> tuple[list[dict[str, Any]], dict[str, list[float]]]:
+    names = list(traces[0])
+    vic, att = list(threat.victims), list(threat.attackers)
+    per_tti = {n: np.concatenate([tr[n].per_tti(vic) for tr in traces]).tolist() for n in names}
     base_v = block_means(per_tti["none"], ttis, len(seeds), BLOCK)
+    base_a = np.concatenate([tr["none"].per_tti(att) for tr in traces])
     rows = []
     for name in names:
-        eps = np.concatenate(per_episode[name])
-        vic = np.asarray(per_tti[name])
-        att = eps[:, list(threat.attackers)].mean(1)
-        drop, lo, hi = (0.0, 0.0, 0.0) if name == "none" else bootstrap_drop(base_v, block_means(vic, ttis, len(seeds), BLOCK))
-        r = raw[name]
+        se = np.concatenate([tr[name].se for tr in traces])
+        sched = np.concatenate([tr[name].scheduled for tr in traces])
+        vic_t = np.asarray(per_tti[name])
+        att_t = se[:, att].mean(1)
+        drop, lo, hi = (0.0, 0.0, 0.0) if name == "none" else bootstrap_drop(base_v, block_means(vic_t, ttis, len(seeds), BLOCK))
         res = attacks.get(name)
+        cov = ccov = None
+        if res is not None and traces[0][name].obs is not None:
+            cov, ccov = coverages(victim, res, np.concatenate([tr[name].obs for tr in traces]))
+        cert = res.certificate if res is not None else {}
         rows.append({
             "attack": name,
-            "attackers": list(threat.attackers),
-            "victims": list(threat.victims),
-            "victim_throughput": float(vic.mean()),
+            "method": name,
+            "forgery": res.forgery if res is not None else (threat.forgery if name == "oracle-pgd" else "none"),
+            "attackers": att,
+            "victims": vic,
+            "victim_throughput": float(vic_t.mean()),
             "victim_drop_pct": drop,
+            "victim_drop": drop,
             "ci95": [lo, hi],
-            "sum_se": float(np.mean([x["sum_se"] for x in r])),
-            "jain": float(np.mean([x["jain"] for x in r])),
-            "attacker_throughput": float(att.mean()),
-            "victim_scheduled_rate": float(np.mean([np.mean(np.asarray(x["scheduled_rate"])[list(threat.victims)])
-                                                    for x in r])),
-            "certified": _certified(res) if name not in ("none", "oracle-pgd") else False,
-            "certified_k": float(res.certificate.get("certified_k", 0.0)) if res is not None else None,
+            "attacker_throughput": float(att_t.mean()),
+            "attacker_throughput_no_attack": float(base_a.mean()),
+            "attacker_drop": 0.0 if name == "none" else _drop(base_a, att_t),
+            "sum_se": float(se.sum(1).mean()),
+            "jain": float(jain(se.mean(0))),
+            "victim_scheduled_rate": float(sched[:, vic].mean()),
+            "certified": (True if cert.get("proved") else float(cert.get("certified_share", 0.0))) if res else False,
+            "certified_k": float(cert.get("certified_k", 0.0)) if res is not None else None,
+            "coverage": cov,
+            "certified_coverage": ccov,
             "k": threat.k,
             "ttis": ttis * len(seeds),
             "seeds": list(seeds),
@@ -180,37 +104,74 @@ def evaluate_attacks(victim: Victim, threat: ThreatModel, attacks: Mapping[str, 
     return rows, per_tti
 
 
-def craft_all(victim: Victim, threat: ThreatModel, which: Sequence[str] = ("random", "mean-pgd", "fggm-ibp", "fggm"),
+def evaluate_attacks(victim: Victim, threat: ThreatModel, attacks: Mapping[str, AttackResult | None], *,
+                     ttis: int = 800, seeds: Sequence[int] = (101, 102), env: EnvConfig | None = None,
+                     oracle: bool = False, oracle_inits: Sequence[AttackResult] = (),
+                     on_step: Callable[[int], None] | None = None) -> tuple[list[dict[str, Any]], dict[str, list[float]]]:
+    """Run the victim policy under every attack (``None`` = no attack) on the same channels.
+
+    Returns summary rows (``none`` first; the keys of ``results.json``) and each condition's
+    per-TTI victim SE (for CDFs).  ``oracle=True`` adds ``oracle-pgd`` (started from the
+    parameters of ``oracle_inits``).  ``victim_drop_pct`` (also ``victim_drop``) is
+    ``100 (1 - attacked / none)`` of the victims' mean SE per TTI with a paired block-bootstrap
+    ``ci95``; ``attacker_drop`` the same for the attackers' own throughput.
+
+    Example:
+        >>> rows, _ = evaluate_attacks(victim, threat, {"none": None, "fggm": res}, ttis=400)  # doctest: +SKIP
+    """
+    setup = AttackSetup.build(victim, threat)
+    conds = [Condition("none")] + [Condition(n, r.reports) for n, r in attacks.items() if n != "none" and r is not None]
+    if oracle and threat.forgery != "silent":
+        inits = [r.x()[0] for r in oracle_inits if r.forgery == threat.forgery]
+        conds.append(Condition("oracle-pgd", oracle=OracleAttacker(setup, inits)))
+    traces = [run_conditions(victim, conds, ttis, seed, env=env, record_obs=True, on_step=on_step) for seed in seeds]
+    return _rows(victim, threat, attacks, traces, ttis, seeds)
+
+
+def evaluate_result(victim: Victim, res: AttackResult, *, ttis: int = 400, seeds: Sequence[int] = (201,),
+                    on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Evaluate one crafted attack against no attack and store the summary in ``res.evaluation``
+    (``coverage``, ``certified_coverage``, victims' and attackers' throughput with and without it).
+
+    Example:
+        >>> evaluate_result(victim, res, ttis=400)["coverage"]   # doctest: +SKIP
+        0.0
+    """
+    rows, _ = evaluate_attacks(victim, res.threat, {"none": None, res.attack: res}, ttis=ttis, seeds=seeds,
+                               on_step=on_step)
+    r = rows[-1]
+    res.evaluation = {"ttis": r["ttis"], "seeds": list(seeds), "coverage": r["coverage"],
+                      "certified_coverage": r["certified_coverage"], "victim_throughput": r["victim_throughput"],
+                      "victim_throughput_no_attack": rows[0]["victim_throughput"], "victim_drop": r["victim_drop"],
+                      "ci95": r["ci95"], "attacker_throughput": r["attacker_throughput"],
+                      "attacker_throughput_no_attack": r["attacker_throughput_no_attack"],
+                      "attacker_drop": r["attacker_drop"]}
+    return res.evaluation
+
+
+def craft_all(victim: Victim, threat: ThreatModel, which: Sequence[str] = METHODS,
               on_stage: Callable[[str], None] | None = None) -> dict[str, AttackResult]:
-    """Craft the fixed-CSI attacks of the comparison (random at FGGM's power).
+    """Craft every method of the comparison (random at FGGM's power when FGGM is crafted first).
 
     Example:
         >>> craft_all(victim, ThreatModel())["fggm"].certificate   # doctest: +SKIP
     """
     out: dict[str, AttackResult] = {}
-    from dataclasses import replace
-
-    for name in ("fggm", "fggm-ibp", "mean-pgd", "random"):
+    for name in ("fggm", "fggm-ibp", "mean-pgd", "eot-pgd", "random", "silent"):
         if name not in which:
             continue
         if on_stage is not None:
             on_stage(name)
-        if name == "fggm":
-            out[name] = run_fggm(victim, replace(threat, domain="crown"))
-        elif name == "fggm-ibp":
-            out[name] = run_fggm(victim, replace(threat, domain="ibp"))
-        elif name == "mean-pgd":
-            out[name] = mean_point_pgd(victim, threat)
-        else:
-            ref = out.get("fggm")
-            power = {u: float(np.sum(np.abs(h) ** 2)) for u, h in ref.forged.items()} if ref else None
-            out[name] = random_forged(victim, threat, power)
+        power = None
+        if name == "random" and "fggm" in out and threat.forgery == "fixed":
+            power = {u: float(np.sum(np.abs(h) ** 2)) for u, h in out["fggm"].forged.items()}
+        out[name] = craft(victim, threat, name, power=power)
     return {n: out[n] for n in which if n in out}
 
 
 def run_demo(victim: Victim, threat: ThreatModel, *, ttis: int = 800, seeds: Sequence[int] = (101, 102),
              out_dir: str | Path | None = None, progress: bool = False) -> dict[str, Any]:
-    """Craft every attack, evaluate all against no attack and the oracle; write results/PNGs.
+    """Craft every method, evaluate all against no attack and the oracle; write results/PNGs.
 
     Returns ``{"rows": [...], "attacks": {name: attack.json dict}, "wall_s": ...}``.
 
@@ -218,13 +179,14 @@ def run_demo(victim: Victim, threat: ThreatModel, *, ttis: int = 800, seeds: Seq
         >>> out = run_demo(victim, ThreatModel(), out_dir="runs/fggm-demo")   # doctest: +SKIP
     """
     t0 = time.perf_counter()
-    bar = _progress(progress, total=len(seeds) * ttis * 6, desc="fggm demo")
+    n_cond = len(ATTACKS) - (1 if threat.forgery == "silent" else 0)
+    bar = _progress(progress, total=len(seeds) * ttis * n_cond, desc="fggm demo")
     crafted = craft_all(victim, threat, on_stage=(lambda n: bar.set_postfix_str(f"crafting {n}")) if bar else None)
     if bar is not None:
         bar.set_postfix_str("evaluating")
+    inits = [crafted[n] for n in ("fggm", "mean-pgd", "eot-pgd") if n in crafted]
     rows, per_tti = evaluate_attacks(victim, threat, {"none": None, **crafted}, ttis=ttis, seeds=seeds, oracle=True,
-                                     oracle_inits=[crafted["fggm"], crafted["mean-pgd"]],
-                                     on_step=bar.update if bar else None)
+                                     oracle_inits=inits, on_step=bar.update if bar else None)
     if bar is not None:
         bar.close()
     order = {n: i for i, n in enumerate(ATTACKS)}
@@ -237,69 +199,27 @@ def run_demo(victim: Victim, threat: ThreatModel, *, ttis: int = 800, seeds: Seq
     return result
 
 
-def run_sweep(victim: Victim, *, attacker_counts: Sequence[int] = (1, 2, 3, 4), ks: Sequence[float] = (1.0, 2.0, 3.0),
-              channel_models: Sequence[str] = ("rayleigh", "correlated"), victims: Sequence[int] = (2,),
-              base: ThreatModel | None = None, ttis: int = 400, seeds: Sequence[int] = (101,),
-              out_dir: str | Path | None = None, progress: bool = False) -> dict[str, Any]:
-    """FGGM vs random forged CSI over the number of attackers (at ``base.k``), over k (at two
-    attackers) and over channel models (the forged CSI crafted once, evaluated on each).
-
-    Example:
-        >>> run_sweep(victim, attacker_counts=(1, 2), ks=(3.0,), out_dir="runs/sweep")   # doctest: +SKIP
-    """
-    from dataclasses import replace
-
-    base = base or ThreatModel(victims=tuple(victims))
-    K = victim.env.num_users
-    pool = [u for u in range(K) if u not in set(victims)]
-    conds: list[tuple[str, ThreatModel, EnvConfig]] = []
-    for n in attacker_counts:
-        conds.append(("attackers", replace(base, attackers=tuple(pool[:n]), victims=tuple(victims)), victim.env))
-    for k in ks:
-        conds.append(("k", replace(base, attackers=tuple(pool[:2]), victims=tuple(victims), k=float(k)), victim.env))
-    for cm in channel_models:
-        ch = ChannelConfig(**{**victim.env.channel.__dict__, "model": cm})
-        conds.append(("channel", replace(base, attackers=tuple(pool[:2]), victims=tuple(victims)),
-                      replace(victim.env, channel=ch)))
-    bar = _progress(progress, total=len(conds) * len(seeds) * ttis * 3, desc="fggm sweep")
-    cache: dict[ThreatModel, dict[str, AttackResult]] = {}
-    rows: list[dict[str, Any]] = []
-    cdfs: dict[str, list[float]] = {}
-    for axis, tm, env in conds:
-        if tm not in cache:
-            if bar is not None:
-                bar.set_postfix_str(f"crafting {len(tm.attackers)} attackers, k={tm.k}")
-            cache[tm] = craft_all(victim, tm, which=("random", "fggm"))
-        res, per_tti = evaluate_attacks(victim, tm, {"none": None, **cache[tm]}, ttis=ttis, seeds=seeds, env=env,
-                                        on_step=bar.update if bar else None)
-        for r in res:
-            r.update({"axis": axis, "channel_model": env.channel.model, "num_attackers": len(tm.attackers)})
-            rows.append(r)
-        if axis == "channel":
-            for name, v in per_tti.items():
-                cdfs[f"{env.channel.model}/{name}"] = v
-    if bar is not None:
-        bar.close()
-    result = {"rows": rows, "scheduler": victim.source}
-    if out_dir is not None:
-        import json
-
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(result, indent=2))
-        result["pngs"] = [str(p) for p in plot_sweep(rows, cdfs, out)]
-    return result
-
-
 def _write(result: dict[str, Any], per_tti: dict[str, list[float]], out: Path) -> None:
-    import json
-
     out.mkdir(parents=True, exist_ok=True)
     for name, d in result.get("attacks", {}).items():
-        (out / f"attack-{name}.json").write_text(json.dumps(d, indent=2))
+        write_json(out / f"attack-{name}.json", d)
     result["pngs"] = [str(plot_attack_drop(result["rows"], out / "attack_drop.png")),
                       str(plot_attack_cdf(per_tti, out / "victim_se_cdf.png"))]
-    (out / "results.json").write_text(json.dumps(result, indent=2))
+    write_json(out / "results.json", result)
+
+
+def write_json(path: Path, data: Any) -> Path:
+    """Write JSON whole or not at all (a temporary file renamed into place).
+
+    Example:
+        >>> import tempfile; write_json(Path(tempfile.mkdtemp()) / "r.json", {"a": 1}).name
+        'r.json'
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
+    return path
 
 
 def _progress(enabled: bool, total: int, desc: str) -> Any:
@@ -343,47 +263,6 @@ def plot_attack_cdf(per_tti: Mapping[str, Sequence[float]], png: str | Path) -> 
     return save_figure(fig, png)
 
 
-def plot_sweep(rows: Sequence[dict[str, Any]], cdfs: Mapping[str, Sequence[float]], out: Path) -> list[Path]:
-    """Sweep PNGs: drop vs number of attackers, drop vs k, and a CDF per channel model.
-
-    Example:
-        >>> # plot_sweep(result["rows"], cdfs, Path("runs/sweep"))
-    """
-    pngs: list[Path] = []
-    for axis, key, label, fname in (("attackers", "num_attackers", "number of attackers", "drop_vs_attackers.png"),
-                                    ("k", "k", "k (box half-width in sigmas)", "drop_vs_k.png")):
-        sel = [r for r in rows if r.get("axis") == axis and r["attack"] != "none"]
-        if not sel:
-            continue
-        fig, ax = plt.subplots(figsize=(6.4, 3.6))
-        for attack in sorted({r["attack"] for r in sel}):
-            pts = sorted((r[key], r["victim_drop_pct"], r["ci95"]) for r in sel if r["attack"] == attack)
-            xs = [p[0] for p in pts]
-            ys = [p[1] for p in pts]
-            ax.errorbar(xs, ys, yerr=[[y - p[2][0] for y, p in zip(ys, pts)], [p[2][1] - y for y, p in zip(ys, pts)]],
-                        marker="o", capsize=3, label=attack)
-        ax.axhline(70, ls="--", lw=1, color="k")
-        ax.set_xticks(sorted({r[key] for r in sel}))
-        ax.set_xlabel(label)
-        ax.set_ylabel("victims' throughput drop [%]")
-        ax.legend(fontsize=8)
-        pngs.append(save_figure(fig, out / fname))
-    models = sorted({k.split("/")[0] for k in cdfs})
-    if models:
-        fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.4), squeeze=False)
-        for ax, m in zip(axes[0], models):
-            for key, v in cdfs.items():
-                if key.startswith(m + "/"):
-                    xs = np.sort(np.asarray(v, float))
-                    ax.step(xs, np.arange(1, len(xs) + 1) / max(len(xs), 1), where="post", label=key.split("/")[1])
-            ax.set_title(f"channel: {m}")
-            ax.set_xlabel("victims' SE per TTI [bit/s/Hz]")
-            ax.set_ylabel("CDF")
-            ax.legend(fontsize=8)
-        pngs.append(save_figure(fig, out / "cdf_per_channel.png"))
-    return pngs
-
-
 # ------------------------------------------------------------------------------ CLI helpers
 
 
@@ -401,35 +280,42 @@ def default_scheduler() -> Path:
 
 
 def attack_table(rows: Sequence[dict[str, Any]], title: str = "attacks") -> Any:
-    """Rich table of attack rows: victims' mean SE per TTI, its drop in % with the 95% CI, sum SE,
-    how often a victim was scheduled, the certified share (or "proved") and the largest k proved.
+    """Rich table of attack rows: victims' mean SE per TTI, its drop in % with the 95% CI, the
+    attackers' own throughput drop, sum SE, how often a victim was scheduled, the certified share
+    (or "proved"), the largest k proved, and the coverage of real TTIs by the box and the
+    certified box.
 
     Example:
         >>> attack_table([{"attack": "none", "victim_throughput": 1.0, "victim_drop_pct": 0.0, "ci95": [0, 0],
         ...                "sum_se": 9.0, "victim_scheduled_rate": 0.3, "certified": False}]).row_count
         1
     """
+    from rich import box
     from rich.table import Table
 
-    from rich import box
-
     table = Table(title=title, box=box.SIMPLE_HEAD)
-    for col in ("attack", "victim SE", "drop %", "CI95", "sum SE", "sched", "share", "k cert"):
+    for col in ("attack", "victim SE", "drop %", "CI95", "att. drop %", "sum SE", "sched", "share", "k cert", "cov",
+                "cert cov"):
         table.add_column(col, justify="left" if col == "attack" else "right", no_wrap=True)
+
+    def f(v: Any, fmt: str) -> str:
+        return "-" if v is None else format(v, fmt)
+
     for r in rows:
         cert = r.get("certified")
-        cert_s = "proved" if cert is True else ("-" if cert is False else f"{cert:.2f}")
+        cert_s = "proved" if cert is True else ("-" if cert is False or cert is None else f"{cert:.2f}")
         table.add_row(r["attack"], f"{r['victim_throughput']:.3f}", f"{r['victim_drop_pct']:.1f}",
-                      f"{r['ci95'][0]:.0f}-{r['ci95'][1]:.0f}", f"{r['sum_se']:.2f}",
-                      f"{100 * r['victim_scheduled_rate']:.1f}%", cert_s,
-                      "-" if r.get("certified_k") is None else f"{r['certified_k']:.3g}")
+                      f"{r['ci95'][0]:.0f}-{r['ci95'][1]:.0f}", f(r.get("attacker_drop"), ".1f"), f"{r['sum_se']:.2f}",
+                      f"{100 * r['victim_scheduled_rate']:.1f}%", cert_s, f(r.get("certified_k"), ".3g"),
+                      f(r.get("coverage"), ".2f"), f(r.get("certified_coverage"), ".2f"))
     return table
 
 
 def evaluate_attack_file(attack_path: str | Path, scheduler: str | Path | None = None, *, ttis: int = 2000,
                          seeds: Sequence[int] = (0, 1, 2), oracle: bool = False, out_dir: str | Path | None = None,
                          progress: bool = False) -> dict[str, Any]:
-    """Evaluate a saved ``attack.json`` against no attack and random forged CSI at the same power.
+    """Evaluate a saved ``attack.json`` against no attack and a random forgery (at the same power
+    for a fixed forgery).
 
     The scheduler is ``scheduler`` or the one recorded in the file; its size must match the file's.
 
@@ -447,14 +333,47 @@ def evaluate_attack_file(attack_path: str | Path, scheduler: str | Path | None =
         if res.env.get(key) != getattr(victim.env, key):
             raise ValueError(f"attack was crafted for {key}={res.env.get(key)} but scheduler {src} has "
                              f"{key}={getattr(victim.env, key)}")
-    power = {u: float(np.sum(np.abs(h) ** 2)) for u, h in res.forged.items()}
-    rnd = random_forged(victim, res.threat, power)
-    bar = _progress(progress, total=len(seeds) * ttis * (3 + int(oracle)), desc="evaluating attack")
-    rows, per_tti = evaluate_attacks(victim, res.threat, {"none": None, "random": rnd, res.attack: res}, ttis=ttis,
-                                     seeds=seeds, oracle=oracle, oracle_inits=[res], on_step=bar.update if bar else None)
+    attacks: dict[str, AttackResult | None] = {"none": None}
+    if res.forgery != "silent":
+        power = {u: float(np.sum(np.abs(h) ** 2)) for u, h in res.forged.items()} if res.forgery == "fixed" else None
+        attacks["random"] = craft(victim, res.threat, "random", power=power)
+    attacks[res.attack] = res
+    n_cond = len(attacks) + int(oracle and res.forgery != "silent")
+    bar = _progress(progress, total=len(seeds) * ttis * n_cond, desc="evaluating attack")
+    rows, per_tti = evaluate_attacks(victim, res.threat, attacks, ttis=ttis, seeds=seeds, oracle=oracle,
+                                     oracle_inits=[res], on_step=bar.update if bar else None)
     if bar is not None:
         bar.close()
-    result = {"rows": rows, "attack_file": str(attack_path), "scheduler": str(src), "threat_model": res.threat.to_dict()}
+    result = {"rows": rows, "attack_file": str(attack_path), "scheduler": str(src), "threat_model": res.threat.to_dict(),
+              "forgery": res.forgery}
     if out_dir is not None:
         _write(result, per_tti, Path(out_dir))
     return result
+
+
+def run_sweep(victim: Victim, settings: Any = None, *, attacker_counts: Sequence[int] = (1, 2),
+              ks: Sequence[float] = (3.0,), channel_models: Sequence[str] = ("rayleigh",),
+              victims: str | Sequence[int] = "all", base: ThreatModel | None = None, ttis: int = 200,
+              seeds: Sequence[int] = (101, 102), out_dir: str | Path | None = None, progress: bool = False,
+              **more: Any) -> dict[str, Any]:
+    """Every-victim sweep (:func:`fggm.mimo.sweep.run_sweep`) from a
+    :class:`~fggm.mimo.sweep.SweepSettings` or from keywords (``victims`` ``"all"`` or ids,
+    ``base`` supplies steps, restarts, box and the forgery; ``more`` any other setting).
+
+    Example:
+        >>> run_sweep(victim, victims=(2,), attacker_counts=(2,), ttis=100, out_dir="runs/sweep")   # doctest: +SKIP
+    """
+    from fggm.mimo.sweep import SweepSettings, run_sweep as _run
+
+    if settings is None:
+        vic = victims if isinstance(victims, str) else ",".join(str(int(v)) for v in victims)
+        extra = dict(more)
+        if base is not None:
+            extra.setdefault("steps", base.steps)
+            extra.setdefault("restarts", base.restarts)
+            extra.setdefault("box", base.box)
+            if base.forgery != "silent":
+                extra.setdefault("forgeries", (base.forgery,))
+        settings = SweepSettings(victims=vic, attacker_counts=tuple(attacker_counts), ks=tuple(ks),
+                                 channels=tuple(channel_models), ttis=ttis, eval_seeds=tuple(seeds), **extra)
+    return _run(victim, settings, out_dir=out_dir, progress=progress)
