@@ -13,10 +13,9 @@ import torch
 from fggm.attack import (AttackResult, AttackSetup, ThreatModel, ThreatModelError, Victim, forged_se,
                          mean_point_pgd, random_forged, run_fggm)
 from fggm.attack_eval import bootstrap_drop, evaluate_attacks
-from fggm.config import ConfigError, EnvConfig, FggmConfig
+from fggm.config import ConfigError, EnvConfig
 from fggm.mimo import single_user_se
 
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -25,20 +24,6 @@ def _one_thread():
     torch.set_num_threads(1)  # tiny matrices: threads only add synchronisation
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def sched_dir(tmp_path_factory) -> Path:
-    from fggm.train import train
-
-    out = tmp_path_factory.mktemp("tiny-scheduler")
-    train(FggmConfig.from_file(CONFIG), out, progress=False, final_eval=False)
-    return out
-
-
-@pytest.fixture(scope="module")
-def victim(sched_dir: Path) -> Victim:
-    return Victim.load(sched_dir)
 
 
 # ------------------------------------------------------------------------- threat model

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from fggm.config import EnvConfig, FggmConfig
+from fggm.config import EnvConfig
 from fggm.core import bounds
 from fggm.core.attack import BoxProblem, prove_split
 from fggm.core.spec import MatrixSpec
@@ -29,21 +29,6 @@ from fggm.mimo.schedulers import PolicyScheduler
 from fggm.mimo.setup import tight_box
 from fggm.mimo.sweep import SweepSettings, attackers_for, run_sweep, victim_sets
 
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
-
-
-@pytest.fixture(scope="module")
-def sched_dir(tmp_path_factory) -> Path:
-    from fggm.train import train
-
-    out = tmp_path_factory.mktemp("tiny-scheduler-tm")
-    train(FggmConfig.from_file(CONFIG), out, progress=False, final_eval=False)
-    return out
-
-
-@pytest.fixture(scope="module")
-def victim(sched_dir: Path) -> Victim:
-    return Victim.load(sched_dir)
 
 
 # ------------------------------------------------------------------------- threat model
