@@ -350,6 +350,9 @@ def test_cli_attack_pilot_and_sweep(sched_dir: Path, tmp_path: Path) -> None:
                       (["sweep", "--victims", "9"], "unknown user")):
         r = runner.invoke(app, [args[0], "--scheduler", str(sched_dir), *args[1:], "--out", str(tmp_path / "x")])
         assert r.exit_code == 2 and msg in r.output and "Traceback" not in r.output, (args, r.output)
+    r = runner.invoke(app, ["attack", "--scheduler", str(sched_dir), "--method", "magic", "--out", str(tmp_path / "m.json")])
+    assert r.exit_code == 2 and "method must be one of" in r.output, r.output
+    assert "step" not in r.output and not (tmp_path / "m.json").exists(), "refused before any work starts"
 
 
 def test_cli_attacks_the_shipped_v2_scores_victim_through_the_rank_spec(tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ from fggm.mimo.setup import AttackSetup
 from fggm.mimo.threat import DOMAINS, FORGERIES, STEP_RULES, ThreatModel, ThreatModelError, union_bound_k
 from fggm.mimo.victim import Victim
 
-__all__ = ["ThreatModel", "ThreatModelError", "Victim", "AttackSetup", "AttackResult", "METHODS", "craft",
+__all__ = ["ThreatModel", "ThreatModelError", "Victim", "AttackSetup", "AttackResult", "METHODS", "check_method", "craft",
            "run_fggm", "mean_point_pgd", "eot_pgd", "random_forged", "silent", "forged_se", "ForgedChannels",
            "StealthyChannels", "Report", "DOMAINS", "STEP_RULES", "FORGERIES", "union_bound_k"]
 
@@ -220,6 +220,18 @@ def _finish(setup: AttackSetup, name: str, search: Search, t0: float) -> AttackR
                         params=x1.detach().double().tolist())
 
 
+def check_method(method: str) -> str:
+    """``method`` when it is one of :data:`METHODS`, else a one-line :class:`ThreatModelError`.
+
+    Example:
+        >>> check_method("eot-pgd")
+        'eot-pgd'
+    """
+    if method not in METHODS:
+        raise ThreatModelError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    return method
+
+
 def craft(victim: Victim | str | Path, threat: ThreatModel, method: str = "fggm", *, rungs: int = 12,
           power: dict[int, float] | None = None, on_step: Callable[[int, float], None] | None = None) -> AttackResult:
     """Craft one forgery with ``method`` (:data:`METHODS`) under ``threat``; every result is
@@ -229,8 +241,7 @@ def craft(victim: Victim | str | Path, threat: ThreatModel, method: str = "fggm"
     Example:
         >>> craft("data/schedulers/smart16", ThreatModel(forgery="pilot"), "eot-pgd").reports   # doctest: +SKIP
     """
-    if method not in METHODS:
-        raise ThreatModelError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    check_method(method)
     if not isinstance(victim, Victim):
         victim = Victim.load(victim)
     t0 = time.perf_counter()

@@ -68,7 +68,7 @@ def attack(
     """Craft an attack (FGGM or a baseline) under a threat model: forged reports whose certified bound keeps the victims unscheduled."""
     import torch
 
-    from fggm.mimo.attack import AttackSetup, ThreatModel, Victim, craft, union_bound_k
+    from fggm.mimo.attack import AttackSetup, ThreatModel, Victim, check_method, craft, union_bound_k
     from fggm.mimo.attack_eval import default_scheduler, evaluate_result
     from fggm.mimo.config import ConfigError
 
@@ -77,6 +77,7 @@ def attack(
     try:
         if eval_ttis < 0:
             raise ConfigError("--eval-ttis must be >= 0")
+        check_method(method)
         tm = ThreatModel(attackers=cli._users(attackers, "--attackers"), victims=cli._users(victims, "--victims"), k=k,
                          forgery=forgery, domain=domain, step_rule=step_rule, steps=steps, step_size=step_size,
                          restarts=restarts, power_budget=power_budget, stealth_k=stealth_k,
