@@ -231,8 +231,10 @@ def print_measure(result: dict, out: Path) -> None:
         g = result["glasses"]
         _console.print(f"aura glasses dampen {g['aura_units']} of {g['total_units']} units")
     tp = result.get("throughput", {})
-    _console.print(f"took {result['seconds']:.0f} s (concepts {result['timings']['concepts_s']:.0f} s at "
-                   f"{tp.get('concept_replies_per_s')} replies/s, fit {result['timings']['fit_s']:.0f} s at "
+    rate = tp.get("concept_replies_per_s")
+    concepts_took = (f"concepts {result['timings']['concepts_s']:.0f} s at {rate} replies/s" if rate is not None
+                     else "concepts given (none generated)")
+    _console.print(f"took {result['seconds']:.0f} s ({concepts_took}, fit {result['timings']['fit_s']:.0f} s at "
                    f"{tp.get('fit_rows_per_s')} rows/s, evaluation {result['timings']['eval_s']:.0f} s at "
                    f"{tp.get('eval_samples_per_s')} samples/s); wrote {out / 'results.json'}, "
                    f"{out / 'results.png'}, {out / 'eval'}")
