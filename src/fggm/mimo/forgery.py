@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -87,9 +88,9 @@ class _MimoControlled(Controlled):
         self.ch_idx, self.se_idx = ch_idx, se_idx
         self.indices = torch.cat([ch_idx.flatten(), se_idx])
 
+    @abstractmethod
     def reports(self, x1: torch.Tensor) -> list[Report]:
         """One sample's parameters ``x1 [A, ...]`` as each attacker's :class:`Report`."""
-        raise NotImplementedError
 
     def reported(self, x1: torch.Tensor, h_true: np.ndarray) -> np.ndarray:
         """Complex ``[A, M]`` channels the base station holds for parameters ``x1`` and the
