@@ -18,11 +18,9 @@ Example:
 
 from __future__ import annotations
 
-import csv
 import json
 import platform
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +29,7 @@ from stable_baselines3 import SAC
 
 from fggm.knapsack.config import KnapsackConfig, KnapsackConfigError, KnapsackEnvConfig
 from fggm.knapsack.env import KnapsackEnv, ProtoGrid
+from fggm.training_log import TrainingLog
 
 __all__ = ["KnnSAC", "train", "load_solver", "final_evaluation", "MODEL_FILE", "NORM_FILE", "MANIFEST_FILE",
            "FORMAT"]
@@ -174,23 +173,15 @@ def train(config: KnapsackConfig, out_dir: str | Path, steps: int | None = None,
     class _Logger(BaseCallback):
         def __init__(self) -> None:
             super().__init__()
-            self.recent: deque[float] = deque(maxlen=tc.log_interval)
-            self.fh = open(out / "progress.csv", "w", newline="")
-            self.writer = csv.writer(self.fh)
-            self.writer.writerow(["step", "wall_s", "reward_mean", "val_reward", "actor_loss", "critic_loss", "ent_coef"])
-            self.bar = None
-            if progress:
-                from tqdm.auto import tqdm
-
-                self.bar = tqdm(total=steps, desc=f"training SAC ({ec.head} head)", unit="step", mininterval=2.0)
+            self.log = TrainingLog(out / "progress.csv", steps=steps, window=tc.log_interval, t0=t0,
+                                   progress=progress, desc=f"training SAC ({ec.head} head)")
 
         def _on_step(self) -> bool:
-            self.recent.extend(np.asarray(vecnorm.get_original_reward()).reshape(-1).tolist())
+            self.log.add_rewards(vecnorm.get_original_reward())
             n = self.num_timesteps
             if tc.freeze_normaliser and vecnorm.training and n >= model.learning_starts:
                 vecnorm.training = False  # statistics from the random warm-up only
-            if self.bar is not None:
-                self.bar.update(self.training_env.num_envs)
+            self.log.advance(self.training_env.num_envs)
             if n % tc.log_interval < self.training_env.num_envs or n >= steps:
                 val = ""
                 if n > model.learning_starts:
@@ -203,23 +194,14 @@ def train(config: KnapsackConfig, out_dir: str | Path, steps: int | None = None,
                         state["best"], state["best_step"] = score, n
                         save_checkpoint(model, vecnorm, out)
                         manifest(n, complete=False)
-                lv = model.logger.name_to_value
-                self.writer.writerow([n, f"{time.time() - t0:.1f}", f"{np.mean(self.recent):.5f}", val,
-                                      f"{lv.get('train/actor_loss', float('nan')):.5f}",
-                                      f"{lv.get('train/critic_loss', float('nan')):.5f}",
-                                      f"{lv.get('train/ent_coef', float('nan')):.5f}"])
-                self.fh.flush()
-                if self.bar is not None:
-                    self.bar.set_postfix(reward=f"{np.mean(self.recent):.3f}", val=val or "-")
+                self.log.row(n, val, model.logger.name_to_value)
             if tc.max_wall_s is not None and time.time() - t0 > tc.max_wall_s:
                 state["stopped"] = True
                 return False
             return True
 
         def _on_training_end(self) -> None:
-            self.fh.close()
-            if self.bar is not None:
-                self.bar.close()
+            self.log.close()
 
     model.learn(total_timesteps=steps, callback=_Logger(), progress_bar=False)
     if state["best_step"] == 0:  # never validated (very short run): keep the final weights

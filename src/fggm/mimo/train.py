@@ -13,11 +13,9 @@ Example:
 
 from __future__ import annotations
 
-import csv
 import json
 import platform
 import time
-from collections import deque
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ import numpy as np
 from fggm.mimo.config import ConfigError, EnvConfig, FggmConfig, env_config_from_dict
 from fggm.mimo.env import MuMimoEnv, check_sizes
 from fggm.mimo.heads import ActionHead
+from fggm.training_log import TrainingLog
 
 MODEL_FILE = "sac.zip"
 NORM_FILE = "vecnormalize.pkl"
@@ -273,24 +272,16 @@ def train(
     class _Logger(BaseCallback):
         def __init__(self) -> None:
             super().__init__()
-            self.recent: deque[float] = deque(maxlen=tc.log_interval)
-            self.fh = open(log_path, "w", newline="")
-            self.writer = csv.writer(self.fh)
-            self.writer.writerow(["step", "wall_s", "reward_mean", "val_reward", "actor_loss", "critic_loss", "ent_coef"])
+            self.log = TrainingLog(log_path, steps=steps, window=tc.log_interval, t0=t0, progress=progress)
             if warm_start is not None:  # step 0: the behaviour-cloned policy before any SAC update
-                self.writer.writerow([0, f"{time.time() - t0:.1f}", "nan", f"{warm_start['val_reward']:.5f}", "nan", "nan", "nan"])
-            self.bar = None
-            if progress:
-                from tqdm.auto import tqdm
-
-                self.bar = tqdm(total=steps, desc="training SAC", unit="step", mininterval=2.0)
+                self.log.warm_start_row(warm_start["val_reward"])
 
         def _on_training_start(self) -> None:
             if scores and tc.critic_warmup_steps > 0:
                 model.actor.requires_grad_(False)  # the critic first learns the warm-started policy's values
 
         def _on_step(self) -> bool:
-            self.recent.extend(np.asarray(vecnorm.get_original_reward()).reshape(-1).tolist())
+            self.log.add_rewards(vecnorm.get_original_reward())
             n = self.num_timesteps
             if scores and train_norm:
                 from fggm.mimo.bc import pool_user_statistics
@@ -300,8 +291,7 @@ def train(
                     and n >= model.learning_starts + tc.critic_warmup_steps):
                 model.actor.requires_grad_(True)
                 state["actor_released"] = n
-            if self.bar is not None:
-                self.bar.update(self.training_env.num_envs)
+            self.log.advance(self.training_env.num_envs)
             if n % tc.log_interval < self.training_env.num_envs or n >= steps:
                 val = ""
                 if n > model.learning_starts:
@@ -315,25 +305,14 @@ def train(
                         state["best"], state["best_step"], state["saved"] = val_r, n, True
                         save_checkpoint(model, vecnorm, out)
                         _write_manifest(n, complete=False)
-                logv = model.logger.name_to_value
-                self.writer.writerow([
-                    n, f"{time.time() - t0:.1f}", f"{np.mean(self.recent):.5f}", val,
-                    f"{logv.get('train/actor_loss', float('nan')):.5f}",
-                    f"{logv.get('train/critic_loss', float('nan')):.5f}",
-                    f"{logv.get('train/ent_coef', float('nan')):.5f}",
-                ])
-                self.fh.flush()
-                if self.bar is not None:
-                    self.bar.set_postfix(reward=f"{np.mean(self.recent):.3f}", val=val or "-")
+                self.log.row(n, val, model.logger.name_to_value)
             if tc.max_wall_s is not None and time.time() - t0 > tc.max_wall_s:
                 state["stopped_early"] = True
                 return False
             return True
 
         def _on_training_end(self) -> None:
-            self.fh.close()
-            if self.bar is not None:
-                self.bar.close()
+            self.log.close()
 
     model.learn(total_timesteps=steps, callback=_Logger(), progress_bar=False)
     if not state["saved"]:  # never evaluated (very short run): keep the final weights
