@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from fggm.core.attack import BoxProblem, Search, certify, double, eot_search, ladder_search, mean_point_search
+from fggm.core.files import read_format, write_json
 from fggm.core.spec import MatrixSpec, atanh_ends
 from fggm.core.threat import AttackError, BoundedEntries, NormaliserStats, check_search, coverage, parse_ids
 from fggm.knapsack.config import KnapsackConfig
@@ -369,13 +370,7 @@ class KnapsackAttack:
 
     def save(self, path: str | Path) -> Path:
         """Write the attack JSON (parents created); returns the path."""
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(self.to_dict(), indent=2)
-        tmp = p.with_suffix(p.suffix + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(p)
-        return p
+        return write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> "KnapsackAttack":
@@ -384,15 +379,7 @@ class KnapsackAttack:
         Example:
             >>> # KnapsackAttack.load("runs/knapsack-attack.json").forged
         """
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"attack file not found: {p}")
-        try:
-            d = json.loads(p.read_text())
-        except json.JSONDecodeError as exc:
-            raise AttackError(f"{p} is not valid JSON: {exc.msg}") from None
-        if not isinstance(d, dict) or d.get("format") != FORMAT:
-            raise AttackError(f"{p} is not a knapsack attack file (format {d.get('format') if isinstance(d, dict) else None!r})")
+        d = read_format(path, FORMAT, AttackError, "a knapsack attack file")
         cert = {k: v for k, v in d["certificate"].items() if k not in ("domain", "k")}
         return cls(attack=d["attack"], threat=KnapsackThreat.from_dict(d["threat_model"]),
                    forged={int(i): (float(f["weight"]), float(f["value"])) for i, f in d["forged"].items()},

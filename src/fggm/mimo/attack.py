@@ -24,7 +24,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 
 from fggm.core.attack import Search, certify, eot_search, ladder_search, mean_point_search
+from fggm.core.files import read_format, write_json
 from fggm.mimo.forgery import ForgedChannels, Report, StealthyChannels, forged_se
 from fggm.mimo.setup import AttackSetup
 from fggm.mimo.threat import DOMAINS, FORGERIES, STEP_RULES, ThreatModel, ThreatModelError, union_bound_k
@@ -154,10 +154,7 @@ class AttackResult:
         p.parent.mkdir(parents=True, exist_ok=True)
         d = self.to_dict()
         d["scheduler"] = scheduler_ref(self.scheduler, p.parent)  # resolvable from the file's folder
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(json.dumps(d, indent=2))
-        tmp.replace(p)
-        return p
+        return write_json(p, d)
 
     @classmethod
     def load(cls, path: str | Path) -> "AttackResult":
@@ -169,14 +166,7 @@ class AttackResult:
             'fixed'
         """
         p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"attack file not found: {p}")
-        try:
-            d = json.loads(p.read_text())
-        except json.JSONDecodeError as exc:
-            raise ThreatModelError(f"{p} is not valid JSON: {exc.msg}") from None
-        if not isinstance(d, dict) or d.get("format") != FORMAT:
-            raise ThreatModelError(f"{p} is not an FGGM attack file (format {d.get('format') if isinstance(d, dict) else None!r})")
+        d = read_format(p, FORMAT, ThreatModelError, "an FGGM attack file")
         try:
             threat = ThreatModel.from_dict(d["threat_model"])
             reports = {int(u): _report_of(v) for u, v in d["forged"].items()}

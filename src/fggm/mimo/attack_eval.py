@@ -15,13 +15,13 @@ Example:
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from fggm.core.files import write_json
 from fggm.core.stats import block_means, bootstrap_drop
 from fggm.mimo.attack import METHODS, AttackResult, AttackSetup, ThreatModel, Victim, craft
 from fggm.mimo.config import EnvConfig
@@ -206,20 +206,6 @@ def _write(result: dict[str, Any], per_tti: dict[str, list[float]], out: Path) -
     result["pngs"] = [str(plot_attack_drop(result["rows"], out / "attack_drop.png")),
                       str(plot_attack_cdf(per_tti, out / "victim_se_cdf.png"))]
     write_json(out / "results.json", result)
-
-
-def write_json(path: Path, data: Any) -> Path:
-    """Write JSON whole or not at all (a temporary file renamed into place).
-
-    Example:
-        >>> import tempfile; write_json(Path(tempfile.mkdtemp()) / "r.json", {"a": 1}).name
-        'r.json'
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
-    return path
 
 
 def _progress(enabled: bool, total: int, desc: str) -> Any:

@@ -31,9 +31,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from fggm.core.files import write_json
 from fggm.core.stats import block_means, nested_drop, spread
 from fggm.mimo.attack import METHODS, AttackResult, AttackSetup, ThreatModel, Victim, craft
-from fggm.mimo.attack_eval import BLOCK, _progress, coverages, write_json
+from fggm.mimo.attack_eval import BLOCK, _progress, coverages
 from fggm.mimo.config import ChannelConfig
 from fggm.mimo.runner import Condition, OracleAttacker, run_conditions
 from fggm.mimo.threat import FORGERIES, ThreatModelError
