@@ -44,7 +44,7 @@ from fggm.core import bounds
 from fggm.core.spec import Spec
 from fggm.core.threat import Controlled, NormaliserStats
 
-__all__ = ["BoxProblem", "Search", "Certified", "optimise", "ladder_search", "certify", "certified_k",
+__all__ = ["BoxProblem", "Search", "Certified", "optimise", "ladder_search", "certify", "certified_k", "bisect_k",
            "prove_split", "mean_point_search", "eot_search", "double"]
 
 
@@ -293,7 +293,18 @@ def certified_k(problem: BoxProblem, x: torch.Tensor, net64: nn.Module, proved_f
             l, u = sub.bound(x, "crown", torch.float64, net64)
         return sub.spec.which(l[0], u[0]) is not None
 
-    lo, hi = 0.0, problem.k
+    return bisect_k(proved, problem.k, iters)
+
+
+def bisect_k(proved: Callable[[float], bool], k_max: float, iters: int = 12) -> float:
+    """Largest ``k <= k_max`` found by bisection where ``proved(k)`` holds (assumed monotone: a
+    smaller box is easier); 0 when not even ``1e-6 k_max`` is proved.  The caller checks ``k_max``.
+
+    Example:
+        >>> round(bisect_k(lambda k: k <= 1.5, 3.0, iters=20), 3)
+        1.5
+    """
+    lo, hi = 0.0, k_max
     if not proved(1e-6 * hi):
         return 0.0
     for _ in range(iters):

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fggm.core.attack import BoxProblem, Search, certify, double, eot_search, ladder_search, mean_point_search
+from fggm.core.attack import BoxProblem, Search, bisect_k, certify, double, eot_search, ladder_search, mean_point_search
 from fggm.core.files import read_format, write_json
 from fggm.core.spec import MatrixSpec, atanh_ends
 from fggm.core.threat import AttackError, BoundedEntries, NormaliserStats, check_search, coverage, parse_ids
@@ -296,13 +296,7 @@ class KnapsackSetup:
 
         if proved(self.threat.k):
             return self.threat.k
-        lo, hi = 0.0, self.threat.k
-        if not proved(1e-6 * hi):
-            return 0.0
-        for _ in range(iters):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if proved(mid) else (lo, mid)
-        return lo
+        return bisect_k(proved, self.threat.k, iters)
 
 
 def _score_spec(threat: KnapsackThreat, n: int) -> MatrixSpec:
